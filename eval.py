@@ -1,0 +1,206 @@
+"""Metrics on held-out turn samples, and one table across models (stages).
+
+    python eval.py --model tiny --model runs/sft --data D/retail_test.json [--thinking on|off] [--out table.json]
+
+Each held-out turn is decoded greedily from its context and compared with the reference action:
+
+    format rate         well-formed output, finished with EOS, think block present iff thinking is on
+    decision accuracy   1[model called a tool] == 1[reference calls a tool]
+    tool-name accuracy  on reference tool-call turns: multiset of called names == reference names
+    exact match         on reference tool-call turns: multiset of (name, arguments) == reference (order-free)
+    argument F1         on reference tool-call turns: F1 of (name, key, value) triples
+    answer F1           on reference answer turns: token F1 of the answer text against the reference
+    turn success        well-formed, not truncated, right decision, and exact match (tool turns) or
+                        answer F1 >= 0.5 (answer turns)
+    conversation succ.  every turn of the conversation succeeds (ALMITA's conversation-level correctness)
+    reasoning length    mean words inside the think block
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data import Action, DataError, TurnSample, load_turn_samples, render_prompt, resolve_data
+from model import ModelLoadError, load
+from sampling import generate
+from toolcalls import Parsed, argument_f1, calls_match, names_match, parse_completion, token_f1
+
+ANSWER_F1_SUCCESS = 0.5  # an answer turn succeeds at token F1 >= 0.5: most reported values are right
+
+
+@dataclass
+class TurnResult:
+    conversation_id: str
+    format_ok: bool
+    decision: bool
+    ref_tool_call: bool
+    name_ok: bool
+    exact: bool
+    arg_f1: float
+    answer_f1: float
+    success: bool
+    reasoning_words: int
+
+
+def format_ok(parsed: Parsed, truncated: bool, thinking: bool) -> bool:
+    """1[no parse error] * 1[ended with EOS] * 1[think block present == thinking on]."""
+    return parsed.well_formed and not truncated and (parsed.reasoning is not None) == thinking
+
+
+def decision_correct(parsed: Parsed, ref: Action) -> bool:
+    """1[the model called at least one tool] == 1[the reference calls a tool]."""
+    return bool(parsed.tool_calls) == ref.is_tool_call
+
+
+def turn_success(parsed: Parsed, truncated: bool, ref: Action) -> bool:
+    """Well-formed, not truncated, right decision, and the right calls (exact) or a close answer."""
+    if not parsed.well_formed or truncated or not decision_correct(parsed, ref):
+        return False
+    if ref.is_tool_call:
+        return calls_match(parsed.tool_calls, ref.tool_calls)
+    return token_f1(parsed.answer, ref.content) >= ANSWER_F1_SUCCESS
+
+
+def reasoning_words(parsed: Parsed) -> int:
+    return len(parsed.reasoning.split()) if parsed.reasoning else 0
+
+
+def score_turn(sample: TurnSample, text: str, truncated: bool, thinking: bool) -> TurnResult:
+    parsed, ref = parse_completion(text), sample.target
+    return TurnResult(
+        conversation_id=sample.conversation_id,
+        format_ok=format_ok(parsed, truncated, thinking),
+        decision=decision_correct(parsed, ref),
+        ref_tool_call=ref.is_tool_call,
+        name_ok=ref.is_tool_call and names_match(parsed.tool_calls, ref.tool_calls),
+        exact=ref.is_tool_call and calls_match(parsed.tool_calls, ref.tool_calls),
+        arg_f1=argument_f1(parsed.tool_calls, ref.tool_calls) if ref.is_tool_call else 0.0,
+        answer_f1=token_f1(parsed.answer, ref.content) if not ref.is_tool_call else 0.0,
+        success=turn_success(parsed, truncated, ref),
+        reasoning_words=reasoning_words(parsed))
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def conversation_success(results: list[TurnResult]) -> float:
+    """Fraction of conversations all of whose evaluated turns succeed."""
+    by_conv: dict[str, bool] = defaultdict(lambda: True)
+    for r in results:
+        by_conv[r.conversation_id] &= r.success
+    return mean([float(ok) for ok in by_conv.values()])
+
+
+def aggregate(results: list[TurnResult]) -> dict[str, float]:
+    tool = [r for r in results if r.ref_tool_call]
+    answer = [r for r in results if not r.ref_tool_call]
+    return {
+        "turns": len(results),
+        "format_rate": mean([r.format_ok for r in results]),
+        "decision_acc": mean([r.decision for r in results]),
+        "tool_name_acc": mean([r.name_ok for r in tool]),
+        "exact_match": mean([r.exact for r in tool]),
+        "arg_f1": mean([r.arg_f1 for r in tool]),
+        "answer_f1": mean([r.answer_f1 for r in answer]),
+        "turn_success": mean([r.success for r in results]),
+        "conv_success": conversation_success(results),
+        "reasoning_words": mean([r.reasoning_words for r in results]),
+    }
+
+
+def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_size: int,
+                   max_new_tokens: int, progress: bool = False) -> list[tuple[str, bool]]:
+    """Greedy completions (text, truncated) for each sample, batched by prompt length."""
+    prompts = [tokenizer(render_prompt(tokenizer, s, thinking), add_special_tokens=False)["input_ids"]
+               for s in samples]
+    order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
+    outputs: list[tuple[str, bool]] = [("", True)] * len(samples)
+    for k in tqdm(range(0, len(order), batch_size), desc="eval", disable=not progress, dynamic_ncols=True):
+        idx = order[k:k + batch_size]
+        gen = generate(model, [prompts[i] for i in idx], eos_ids=[tokenizer.eos_token_id],
+                       pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, temperature=0.0)
+        for i, ids, truncated in zip(idx, gen.completion_lists(), gen.truncated.tolist()):
+            outputs[i] = (tokenizer.decode(ids, skip_special_tokens=True), truncated)
+    return outputs
+
+
+def evaluate(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_size: int = 64,
+             max_new_tokens: int = 128, progress: bool = False) -> dict[str, float]:
+    """Held-out metrics of one model (see the module docstring)."""
+    was_training = model.training
+    model.eval()
+    outputs = generate_texts(model, tokenizer, samples, thinking, batch_size, max_new_tokens, progress)
+    model.train(was_training)
+    return aggregate([score_turn(s, text, trunc, thinking) for s, (text, trunc) in zip(samples, outputs)])
+
+
+COLUMNS = ["format_rate", "decision_acc", "tool_name_acc", "exact_match", "arg_f1", "answer_f1", "turn_success",
+           "conv_success", "reasoning_words"]
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    width = max(12, *(len(name) for name in rows))
+    lines = [f"{'model':<{width}} " + " ".join(f"{c[:11]:>11}" for c in COLUMNS)]
+    for name, m in rows.items():
+        lines.append(f"{name:<{width}} " + " ".join(f"{m[c]:>11.3f}" for c in COLUMNS))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Evaluate models on held-out turn samples; one table, a row per model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", action="append", required=True, help="repeat for several models (rows)")
+    p.add_argument("--name", action="append", help="row names, in --model order (default: the model paths)")
+    p.add_argument("--data", default="demo:test", help="held-out APIGen-MT-5k or next-action test file, or a demo split")
+    p.add_argument("--thinking", choices=["on", "off", "auto"], default="auto",
+                   help="prompt mode; auto = on for models whose args.json says cold-start or grpo training")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N turn samples only")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--out", help="write the table as JSON here")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    names = args.name or args.model
+    if len(names) != len(args.model):
+        print("error: give one --name per --model", file=sys.stderr)
+        return 2
+    try:
+        samples = load_turn_samples(resolve_data(args.data))[0][:args.limit]
+        rows = {}
+        for name, model_name in zip(names, args.model):
+            thinking = args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
+            model, tokenizer = load(model_name, device=args.device)
+            t0 = time.perf_counter()
+            rows[name] = evaluate(model, tokenizer, samples, thinking, args.batch_size, args.max_new_tokens,
+                                  progress=True)
+            rows[name].update(thinking=thinking, seconds=round(time.perf_counter() - t0, 1))
+    except (DataError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+def thinking_model(model_name: str) -> bool:
+    """Whether a model directory was trained to think (cold start or GRPO after it), from its args.json."""
+    args_file = Path(model_name, "args.json")
+    if not args_file.exists():
+        return False
+    saved = json.loads(args_file.read_text())
+    return saved.get("mode") == "cold-start" or saved.get("thinking") == "on"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

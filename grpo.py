@@ -1,0 +1,365 @@
+"""GRPO with a composite reward (stage 3): think, then act.
+
+    python grpo.py --model runs/cold --data D/retail_train.json --eval-data D/retail_test.json --out runs/grpo
+    python grpo.py --model Qwen/Qwen3-1.7B --data apigen-mt_5k.json --out runs/grpo-1.7b     # one GPU, LoRA
+
+One step (Shao et al. 2024, DeepSeekMath, sec. 4.1; the paper's stage 3):
+  1. take B turn samples; sample G completions for each at temperature T           (sampling.generate)
+  2. score each completion with the composite reward                                (rewards.composite_reward)
+  3. advantages relative to the group: A_i = (r_i - mean_g r) / (std_g r + eps)     (group_advantages)
+  4. token log-probs of the sampled ids under the policy, the old policy and the
+     reference policy (LoRA disabled, or a frozen copy under full fine-tuning)      (token_logprobs)
+  5. loss = -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) + beta KL_k3,
+     rho = exp(logp - logp_old), masked to the completion through its EOS           (clipped_policy_loss, kl_k3)
+  6. aggregate over tokens (grpo / dapo / dr_grpo), backprop, clip, AdamW step      (aggregate_loss)
+With --num-iterations 1 the old policy is the current one: logp_old = logp.detach(), so rho = 1 and the
+loss is ~0 while its gradient is -A grad logp (not 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data import DataError, TurnSample, load_turn_samples, render_prompt, resolve_data
+from lora import disable_adapters, inject_lora, lora_layers
+from model import ModelLoadError, load, load_checkpoint, save_checkpoint
+from rewards import RewardWeights, composite_reward
+from sampling import Generation, generate, positions
+from sft import finish, make_evaluator, resolve_defaults, resume_args, warmup_cosine
+from toolcalls import parse_completion
+
+LOSS_AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
+
+
+# ----------------------------------------------------------------------------------------------
+# The equations
+# ----------------------------------------------------------------------------------------------
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale_std: bool = True) -> torch.Tensor:
+    """A_{g,i} = (r_{g,i} - mean_i r_{g,i}) / (std_i r_{g,i} + eps) for rewards shaped [groups, G].
+
+    std is the population std of the group. Groups with zero variance (all completions scored the same,
+    so nothing to prefer) and singleton groups get A = 0. scale_std=False skips the division
+    (Dr. GRPO, Liu et al. 2025: dividing by std up-weights groups that are nearly all right or all wrong).
+    """
+    if rewards.shape[1] < 2:
+        return torch.zeros_like(rewards)
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    advantages = centered / (std + eps) if scale_std else centered
+    return torch.where(std > 1e-8, advantages, torch.zeros_like(advantages))
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi_theta || pi_ref) (Schulman 2020), with x = ref_logp - logp:
+
+        k3 = exp(x) - x - 1  >= 0, unbiased, zero when the two log-probs are equal.
+    """
+    x = ref_logp - logp
+    return torch.exp(x) - x - 1
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str, n_sequences: int, n_tokens: int,
+                   max_new_tokens: int) -> torch.Tensor:
+    """Reduce a [N, T] per-token loss over the completion mask (Dr. GRPO, Liu et al. 2025, sec. 3):
+
+        grpo     (1/N) sum_i (1/|o_i|) sum_t l_{i,t}     per-sequence token mean, then mean (original GRPO)
+        dapo     sum_{i,t} l_{i,t} / sum_i |o_i|          global token mean (DAPO)
+        dr_grpo  sum_{i,t} l_{i,t} / (N * max_new_tokens) constant normaliser (Dr. GRPO)
+
+    n_sequences and n_tokens are the totals of the whole batch, so that the sum of this over micro-batches
+    equals the loss of the whole batch.
+    """
+    masked = per_token * mask
+    if mode == "grpo":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_sequences
+    if mode == "dapo":
+        return masked.sum() / max(n_tokens, 1)
+    if mode == "dr_grpo":
+        return masked.sum() / (n_sequences * max_new_tokens)
+    raise ValueError(f"unknown loss aggregation {mode!r} (one of {LOSS_AGGREGATIONS})")
+
+
+def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+                        advantages: torch.Tensor, beta: float, eps_low: float, eps_high: float
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token PPO-clip objective with a KL penalty (GRPO; clip-higher eps_high from DAPO):
+
+        rho = exp(logp - old_logp)
+        l   = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta k3(logp, ref_logp)
+
+    advantages is [N] (one per sequence, broadcast over tokens). Returns (l, k3, clipped) per token,
+    where clipped marks tokens whose clipped term was the smaller one (no gradient flows through them).
+    """
+    a = advantages[:, None]
+    ratio = torch.exp(logp - old_logp)
+    unclipped, clipped = ratio * a, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a
+    per_token = -torch.min(unclipped, clipped)
+    kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    return per_token + beta * kl, kl, clipped < unclipped
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
+                   temperature: float, chunk: int = 256) -> torch.Tensor:
+    """log pi(o_t | q, o_<t) of the sampled completion ids, [N, completion_len].
+
+    One forward with the attention mask and position ids of the left-padded batch; only the hidden states
+    that predict completion tokens go through the LM head, in chunks, as logits / T (the distribution the
+    tokens were sampled from); log_softmax(z)[y] = z[y] - logsumexp(z), never a full [N, T, V] log_softmax.
+    """
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=positions(attention_mask)).last_hidden_state
+    hidden = hidden[:, -completion_len - 1:-1]          # position t predicts token t + 1
+    targets = input_ids[:, -completion_len:]
+    head = model.get_output_embeddings()
+    out = []
+    for k in range(0, completion_len, chunk):
+        logits = head(hidden[:, k:k + chunk]).float() / temperature
+        chosen = logits.gather(-1, targets[:, k:k + chunk, None]).squeeze(-1)
+        out.append(chosen - torch.logsumexp(logits, dim=-1))
+    return torch.cat(out, dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollouts
+# ----------------------------------------------------------------------------------------------
+def score_rollout(tokenizer, gen: Generation, samples: list[TurnSample], group_size: int, thinking: bool,
+                  weights: RewardWeights) -> list[dict]:
+    """The reward breakdown of every completion (sample i's group is rows i*G .. i*G + G - 1)."""
+    rewards = []
+    for row, (ids, truncated) in enumerate(zip(gen.completion_lists(), gen.truncated.tolist())):
+        parsed = parse_completion(tokenizer.decode(ids, skip_special_tokens=True))
+        reward = composite_reward(parsed, truncated, samples[row // group_size].target, thinking, weights)
+        rewards.append({**reward.as_dict(), "reasoning_words": len((parsed.reasoning or "").split())})
+    return rewards
+
+
+def mean_of(rewards: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rewards if r[key] is not None]
+    return sum(values) / len(values) if values else None
+
+
+def reference_context(model, frozen_ref):
+    """The reference policy: the frozen copy (full fine-tuning) or the model with adapters disabled."""
+    return nullcontext(frozen_ref) if frozen_ref is not None else disable_adapters(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="GRPO with a composite reward for tool-calling agents.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="tiny", help="start policy: the cold-start model directory, or a hub id")
+    p.add_argument("--data", default="demo:train", help="training turn samples: APIGen-MT-5k file or demo split")
+    p.add_argument("--out", default="runs/grpo", help="output directory (a valid --model when done)")
+    p.add_argument("--resume", metavar="OUT", help="continue the run whose --out was OUT from its last checkpoint")
+    # sampling
+    p.add_argument("--group-size", type=int, default=8, help="G: completions per prompt")
+    p.add_argument("--prompts-per-step", type=int, default=8, help="B: turn samples per step")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-prompt-len", type=int, default=1024, help="longer prompts are left out of training")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--thinking", choices=["on", "off"], default="on", help="think-then-act prompts (the method)")
+    # objective
+    p.add_argument("--beta", type=float, default=0.04, help="KL penalty weight (0 disables the reference pass)")
+    p.add_argument("--eps-low", type=float, default=0.2, help="ratio clip below 1")
+    p.add_argument("--eps-high", type=float, default=0.28, help="ratio clip above 1 (DAPO clip-higher)")
+    p.add_argument("--loss-agg", choices=LOSS_AGGREGATIONS, default="dapo")
+    p.add_argument("--no-std-scale", action="store_true", help="advantages without division by the group std")
+    p.add_argument("--num-iterations", type=int, default=1, help="policy updates per rollout batch (mu)")
+    p.add_argument("--micro-batch", type=int, default=32, help="sequences per forward/backward in the update")
+    # reward
+    for name, value in vars(RewardWeights()).items():
+        p.add_argument(f"--w-{name.replace('_', '-')}" if name != "think_budget" else "--think-budget",
+                       dest=f"w_{name}" if name != "think_budget" else "think_budget", type=type(value),
+                       default=value, help=f"reward {'weight of ' + name if name != 'think_budget' else 'budget (words)'}")
+    # optimisation
+    p.add_argument("--lora-rank", type=int, default=None, help="0 = full fine-tuning (default: 0 tiny, 16 otherwise)")
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lr", type=float, default=None, help="default: 1e-4 tiny full fine-tuning, 1e-5 LoRA, 1e-6 full")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much time")
+    # evaluation and bookkeeping
+    p.add_argument("--eval-data", help="held-out turn samples")
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--eval-limit", type=int, default=200)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "args.json").write_text(json.dumps(vars(args), indent=1))
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    model, tokenizer = load(args.model, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                            device=device)
+    frozen_ref = None
+    if args.lora_rank:
+        inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
+    elif args.beta > 0:
+        frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
+    if device.type == "cuda":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    thinking = args.thinking == "on"
+    weights = RewardWeights(args.w_format, args.w_decision, args.w_tool, args.w_answer, args.w_efficiency,
+                            args.think_budget)
+    samples, prompts = load_prompts(args, tokenizer, thinking)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, min_ratio=1.0))
+    state = {"step": 0, "train_seconds": 0.0}
+    if args.resume and (out / "checkpoint" / "state.json").exists():
+        state = load_checkpoint(out / "checkpoint", model, optimizer, scheduler)
+        print(f"resumed from {out / 'checkpoint'} at step {state['step']}", file=sys.stderr)
+    evaluator = make_evaluator(args, tokenizer, thinking)
+    if evaluator and state["step"] == 0:
+        with (out / "log.jsonl").open("a") as log:
+            log.write(json.dumps({"step": 0, "eval": evaluator(model)}) + "\n")
+    generator = torch.Generator(device=device)
+    log = (out / "log.jsonl").open("a")
+    bar = tqdm(total=args.steps, initial=state["step"], desc="grpo", dynamic_ncols=True)
+    for step in range(state["step"], args.steps):
+        batch_rng = random.Random(args.seed * 1_000_003 + step)   # the batch of step k is fixed: resumable
+        generator.manual_seed(args.seed * 1_000_003 + step)
+        chosen = batch_rng.sample(range(len(samples)), args.prompts_per_step)
+        record = grpo_step(model, tokenizer, frozen_ref, optimizer, params, [samples[i] for i in chosen],
+                           [prompts[i] for i in chosen], generator, args, thinking, weights)
+        scheduler.step()
+        state["step"], state["train_seconds"] = step + 1, state["train_seconds"] + record["seconds"]["total"]
+        if not record["finite"]:
+            log.write(json.dumps(record) + "\n")
+            raise FloatingPointError(f"non-finite loss or gradient at step {step + 1}; the update was not applied "
+                                     f"and the last good checkpoint is in {out / 'checkpoint'}")
+        done = step + 1 == args.steps or (args.max_minutes and state["train_seconds"] > 60 * args.max_minutes)
+        if evaluator and (done or (args.eval_every and (step + 1) % args.eval_every == 0)):
+            record["eval"] = evaluator(model)
+        log.write(json.dumps({"step": step + 1, **record}) + "\n")
+        log.flush()
+        bar.set_postfix(reward=f"{record['reward']['total']:.3f}", kl=f"{record['kl']:.4f}")
+        bar.update(1)
+        if done:
+            break
+        if (step + 1) % args.save_every == 0:
+            save_checkpoint(out / "checkpoint", model, tokenizer, optimizer, scheduler, state)
+    bar.close()
+    log.close()
+    return finish(model, tokenizer, out, args)
+
+
+def grpo_step(model, tokenizer, frozen_ref, optimizer, params, samples: list[TurnSample], prompts: list[list[int]],
+              generator: torch.Generator, args, thinking: bool, weights: RewardWeights) -> dict:
+    """One GRPO step: rollout, rewards, advantages, reference log-probs, policy update(s)."""
+    G, T = args.group_size, args.temperature or 1.0
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    model.eval()
+    gen = generate(model, prompts, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, group_size=G,
+                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                   generator=generator)
+    rewards = score_rollout(tokenizer, gen, samples, G, thinking, weights)
+    totals = torch.tensor([r["total"] for r in rewards], dtype=torch.float32).view(-1, G)
+    advantages = group_advantages(totals, scale_std=not args.no_std_scale).view(-1).to(device)
+    t_rollout = time.perf_counter()
+
+    # the full sequences: left-padded prompt, then the completion (nothing after its EOS is attended or scored)
+    input_ids = torch.cat([gen.prompt_ids, gen.completion_ids], dim=1)
+    attention = torch.cat([gen.prompt_mask, gen.completion_mask], dim=1)
+    mask = gen.completion_mask.float()
+    n_seq, n_tok, width = mask.shape[0], int(mask.sum()), gen.completion_ids.shape[1]
+    micro = [slice(k, k + args.micro_batch) for k in range(0, n_seq, args.micro_batch)]
+    with torch.no_grad():
+        ref_logp = None
+        if args.beta > 0:
+            with reference_context(model, frozen_ref) as ref_model:
+                ref_logp = torch.cat([token_logprobs(ref_model, input_ids[s], attention[s], width, T) for s in micro])
+        old_logp = torch.cat([token_logprobs(model, input_ids[s], attention[s], width, T) for s in micro]) \
+            if args.num_iterations > 1 else None   # mu > 1: the policy that sampled, computed once
+    t_ref = time.perf_counter()
+
+    model.train()
+    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+    finite = True
+    for _ in range(args.num_iterations):
+        for s in micro:
+            logp = token_logprobs(model, input_ids[s], attention[s], width, T)
+            old = logp.detach() if old_logp is None else old_logp[s]   # mu = 1: ratio 1, gradient intact
+            per_token, kl, clipped = clipped_policy_loss(logp, old, None if ref_logp is None else ref_logp[s],
+                                                         advantages[s], args.beta, args.eps_low, args.eps_high)
+            loss = aggregate_loss(per_token, mask[s], args.loss_agg, n_seq, n_tok, args.max_new_tokens)
+            loss.backward()
+            stats["loss"] += loss.item() / args.num_iterations
+            stats["kl"] += float((kl.detach() * mask[s]).sum()) / max(n_tok, 1) / args.num_iterations
+            stats["clipped"] += float((clipped.float() * mask[s]).sum()) / max(n_tok, 1) / args.num_iterations
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip)
+        if not (math.isfinite(stats["loss"]) and torch.isfinite(grad_norm)):
+            finite = False
+            optimizer.zero_grad(set_to_none=True)
+            break
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    t_update = time.perf_counter()
+
+    zero_var = float((totals.std(dim=1, unbiased=False) <= 1e-8).float().mean())
+    lengths = gen.completion_mask.sum(-1).float()
+    return {
+        "reward": {"total": float(totals.mean()), "std": float(totals.std(unbiased=False)),
+                   **{k: mean_of(rewards, k) for k in ("format", "decision", "tool", "answer", "efficiency")}},
+        "zero_variance_groups": zero_var, "loss": stats["loss"], "kl": stats["kl"], "clip_fraction": stats["clipped"],
+        "grad_norm": float(grad_norm), "finite": finite,
+        "completion_len": float(lengths.mean()), "truncated": float(gen.truncated.float().mean()),
+        "reasoning_words": mean_of(rewards, "reasoning_words"),
+        "seconds": {"rollout": t_rollout - t0, "reference": t_ref - t_rollout, "update": t_update - t_ref,
+                    "total": t_update - t0},
+        "tokens_per_s": float(attention.sum()) / (t_update - t0),
+    }
+
+
+def load_prompts(args, tokenizer, thinking: bool) -> tuple[list[TurnSample], list[list[int]]]:
+    samples, skipped = load_turn_samples(args.data)
+    prompts = [tokenizer(render_prompt(tokenizer, s, thinking), add_special_tokens=False)["input_ids"]
+               for s in samples]
+    keep = [i for i, p in enumerate(prompts) if len(p) <= args.max_prompt_len]
+    if len(keep) < len(samples):
+        print(f"left out {len(samples) - len(keep)} prompts longer than --max-prompt-len", file=sys.stderr)
+    if len(keep) < args.prompts_per_step:
+        raise DataError(f"{Path(args.data).name}: {len(keep)} usable prompts, fewer than --prompts-per-step")
+    return [samples[i] for i in keep], [prompts[i] for i in keep]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        args = resolve_defaults(resume_args(args), lr_full_tiny=1e-4, lr_lora=1e-5, lr_full=1e-6)
+        args.data = resolve_data(args.data)
+        out = run(args)
+        print(f"saved {out}")
+    except (DataError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""LoRA by hand: low-rank adapters on frozen linear layers (Hu et al. 2021).
+
+    y = W x + (alpha / r) * B A x        A: [r, in] random, B: [out, r] zero, W frozen
+
+B = 0 at the start, so a fresh adapter leaves the model's outputs unchanged. The adapters are kept in
+float32 whatever the base dtype (small, and bf16 updates of tiny deltas underflow). With adapters
+disabled the model *is* the base model: that is GRPO's reference policy, with no second copy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus a trainable low-rank update (alpha / r) * B A."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        device = base.weight.device
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=device, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=device, dtype=torch.float32))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init, as in the LoRA paper's code
+        self.dropout = nn.Dropout(dropout)
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if not self.enabled:
+            return y
+        update = (self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.T) @ self.lora_B.T
+        return y + (self.scale * update).to(y.dtype)
+
+    def merged_weight(self) -> torch.Tensor:
+        """W + (alpha / r) * B A, in the base weight's dtype."""
+        delta = self.scale * (self.lora_B @ self.lora_A)
+        return (self.base.weight.float() + delta).to(self.base.weight.dtype)
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def inject_lora(model: nn.Module, rank: int = 16, alpha: float = 32.0, dropout: float = 0.0,
+                targets: tuple[str, ...] = DEFAULT_TARGETS) -> list[str]:
+    """Freeze every parameter of `model`, wrap the linear layers whose name ends in one of `targets`
+    in LoRALinear, and return the wrapped names. Only the adapters' A and B are trainable after this."""
+    model.requires_grad_(False)
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and name.split(".")[-1] in targets:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, LoRALinear(module, rank, alpha, dropout))
+            wrapped.append(name)
+    if not wrapped:
+        raise ValueError(f"no linear layer named one of {targets} to put LoRA on")
+    return wrapped
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight (W <- W + (alpha / r) B A) and unwrap the layer."""
+    for name, layer in lora_layers(model).items():
+        with torch.no_grad():
+            layer.base.weight.copy_(layer.merged_weight())
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer.base)
+    return model
+
+
+@contextmanager
+def disable_adapters(model: nn.Module):
+    """Inside this block the model computes exactly its base (reference) outputs."""
+    layers = lora_layers(model).values()
+    previous = [layer.enabled for layer in layers]
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield model
+    finally:
+        for layer, was in zip(layers, previous):
+            layer.enabled = was
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{name}.{part}": getattr(layer, part).detach().contiguous()
+            for name, layer in lora_layers(model).items() for part in ("lora_A", "lora_B")}
+
+
+def save_adapter(model: nn.Module, path: str | Path) -> None:
+    """Adapter weights (safetensors) with rank, alpha and targets in the metadata; temp file, then rename."""
+    layers = lora_layers(model)
+    any_layer = next(iter(layers.values()))
+    meta = {"rank": str(any_layer.rank), "alpha": str(any_layer.alpha),
+            "targets": json.dumps(sorted({n.split(".")[-1] for n in layers}))}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(adapter_state(model), str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> None:
+    """Load adapter weights saved by save_adapter, injecting LoRA layers first if the model has none."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    if not lora_layers(model):
+        inject_lora(model, int(meta["rank"]), float(meta["alpha"]), targets=tuple(json.loads(meta["targets"])))
+    state = load_file(str(path))
+    layers = lora_layers(model)
+    missing = {f"{n}.{p}" for n in layers for p in ("lora_A", "lora_B")} - set(state)
+    if missing:
+        raise ValueError(f"{path}: adapter lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+    with torch.no_grad():
+        for key, tensor in state.items():
+            name, _, part = key.rpartition(".")
+            getattr(layers[name], part).copy_(tensor)

@@ -1,0 +1,136 @@
+"""The composite reward: one small function per component, each in [0, 1].
+
+The paper names the components (format compliance, the conditional decision to call a tool or answer,
+tool accuracy, answer correctness, reasoning efficiency) but not their formulas or weights; these are
+ours, written out below and in the README. All of them read the *parsed* completion (toolcalls.py) and
+the reference action of the turn sample, and none of them can raise on model output.
+
+    R = w_fmt * r_format + w_dec * r_decision
+        + r_decision * (w_tool * r_tool * 1[ref calls a tool] + w_ans * r_answer * 1[ref answers])
+        + w_eff * r_efficiency
+
+Tool and answer credit count only when the decision is right (a right answer to a turn that needed a
+tool is still wrong). Default weights 0.1 / 0.2 / 0.6 / 0.6 / 0.1 put R in [0, 1], with most of it on
+getting the action right.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from itertools import permutations
+
+from data import Action
+from toolcalls import Parsed, canonical, f1, token_f1
+
+
+@dataclass
+class RewardWeights:
+    format: float = 0.1
+    decision: float = 0.2
+    tool: float = 0.6
+    answer: float = 0.6
+    efficiency: float = 0.1
+    think_budget: int = 64   # reasoning words with full efficiency credit
+
+
+def r_format(parsed: Parsed, truncated: bool, thinking: bool) -> float:
+    """1[no parse error] * 1[finished with EOS, not truncated] * 1[think block present == thinking mode].
+
+    Parse errors: unclosed think, invalid tool-call JSON, missing name or arguments, arguments that are
+    not an object, text after a tool call, stray tags.
+    """
+    return float(parsed.well_formed and not truncated and (parsed.reasoning is not None) == thinking)
+
+
+def r_decision(parsed: Parsed, ref: Action) -> float:
+    """1[the completion calls at least one (valid) tool] == 1[the reference calls a tool]."""
+    return float(bool(parsed.tool_calls) == ref.is_tool_call)
+
+
+def call_similarity(pred: dict, ref: dict) -> float:
+    """s(p, r) = 1[same name] * (1 + F1(keys) + V) / 3,
+    V = #{k in ref args: p[k] == r[k]} / max(|p args|, |r args|, 1)   (extra keys dilute V)."""
+    if pred["name"] != ref["name"]:
+        return 0.0
+    p, r = pred["arguments"], ref["arguments"]
+    key_f1 = f1(Counter(p.keys()), Counter(r.keys()))
+    right = sum(1 for k, v in r.items() if k in p and canonical(p[k]) == canonical(v))
+    values = right / max(len(p), len(r), 1) if (p or r) else 1.0
+    return (1 + key_f1 + values) / 3
+
+
+def r_tool(parsed: Parsed, ref: Action) -> float:
+    """Order-free matching of predicted to reference calls (the best one-to-one assignment):
+
+        r_tool = max_matching sum s(p, r) / max(|P|, |R|)
+
+    so each missing or extra call costs its share. Up to 6 calls are matched exactly (permutations),
+    beyond that greedily (model output is untrusted: it may hold hundreds of calls).
+    """
+    pred, refs = parsed.tool_calls, ref.tool_calls
+    if not pred or not refs:
+        return float(not pred and not refs)
+    sim = [[call_similarity(p, r) for r in refs] for p in pred]
+    if max(len(pred), len(refs)) <= 6:
+        if len(pred) <= len(refs):   # each predicted call i takes a distinct reference call perm[i]
+            best = max(sum(sim[i][j] for i, j in enumerate(perm)) for perm in permutations(range(len(refs)), len(pred)))
+        else:                        # each reference call j takes a distinct predicted call perm[j]
+            best = max(sum(sim[i][j] for j, i in enumerate(perm)) for perm in permutations(range(len(pred)), len(refs)))
+    else:
+        pairs = sorted(((sim[i][j], i, j) for i in range(len(pred)) for j in range(len(refs))), reverse=True)
+        used_pred, used_ref, best = set(), set(), 0.0
+        for s, i, j in pairs:
+            if i not in used_pred and j not in used_ref:
+                used_pred.add(i)
+                used_ref.add(j)
+                best += s
+    return best / max(len(pred), len(refs))
+
+
+def r_answer(parsed: Parsed, ref: Action) -> float:
+    """Token F1 of the answer text against the reference answer (lowercased words, ids and numbers)."""
+    return token_f1(parsed.answer, ref.content)
+
+
+def r_efficiency(parsed: Parsed, thinking: bool, budget: int) -> float:
+    """Reasoning efficiency on L = words of reasoning, budget B:
+
+        thinking on:  0 if L == 0 (no credit for not thinking),  1 if 0 < L <= B,
+                      max(0, 1 - (L - B) / B) beyond (0 at 2B)
+        thinking off: 1
+
+    An empty think block earns nothing: a policy paid for shortness would otherwise learn to stop
+    thinking, the known failure of length terms, while the method's claim is that acting teaches thinking.
+    """
+    if not thinking:
+        return 1.0
+    n = len(parsed.reasoning.split()) if parsed.reasoning else 0
+    if n == 0:
+        return 0.0
+    return 1.0 if n <= budget else max(0.0, 1.0 - (n - budget) / budget)
+
+
+@dataclass
+class Reward:
+    format: float
+    decision: float
+    tool: float | None      # None on answer turns (not applicable)
+    answer: float | None    # None on tool-call turns
+    efficiency: float
+    total: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def composite_reward(parsed: Parsed, truncated: bool, ref: Action, thinking: bool,
+                     w: RewardWeights = RewardWeights()) -> Reward:
+    """R = w_fmt f + w_dec d + d (w_tool t 1[ref tool] + w_ans a 1[ref answer]) + w_eff e (see module docstring)."""
+    fmt, dec = r_format(parsed, truncated, thinking), r_decision(parsed, ref)
+    tool = r_tool(parsed, ref) if ref.is_tool_call else None
+    answer = r_answer(parsed, ref) if not ref.is_tool_call else None
+    eff = r_efficiency(parsed, thinking, w.think_budget)
+    correctness = w.tool * tool if tool is not None else w.answer * answer
+    total = w.format * fmt + w.decision * dec + dec * correctness + w.efficiency * eff
+    return Reward(fmt, dec, tool, answer, eff, total)

@@ -1,0 +1,91 @@
+"""Batched, grouped generation with a KV cache (used by grpo.py and eval.py).
+
+Prompts are left-padded so every sequence's next token sits in the last column; the attention mask
+hides the padding and position ids count only real tokens (pos = cumsum(mask) - 1), so a padded
+prompt is computed exactly as it would be alone. Each prompt is repeated G times for GRPO's groups.
+Each sequence stops at its first EOS; completions keep their sampled token ids (never re-tokenised),
+with a mask that covers the tokens up to and including that EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class Generation:
+    prompt_ids: torch.Tensor        # [B, P] left-padded (B = prompts * group_size)
+    prompt_mask: torch.Tensor       # [B, P] 1 on real prompt tokens
+    completion_ids: torch.Tensor    # [B, T] sampled ids, pad after the first EOS
+    completion_mask: torch.Tensor   # [B, T] 1 up to and including the first EOS
+    truncated: torch.Tensor         # [B] bool: no EOS within max_new_tokens
+
+    def completion_lists(self) -> list[list[int]]:
+        return [ids[mask.bool()].tolist() for ids, mask in zip(self.completion_ids, self.completion_mask)]
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: cumsum(mask) - 1 on real tokens (padding gets 0)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+               ) -> torch.Tensor:
+    """Greedy when temperature == 0; otherwise sample from softmax(logits / T) restricted to the
+    smallest set of tokens whose probability mass reaches top_p (nucleus sampling)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # mass before this token already >= top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], *, eos_ids: list[int], pad_id: int, group_size: int = 1,
+             max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+             generator: torch.Generator | None = None) -> Generation:
+    """Sample `group_size` completions for each prompt (temperature 0 = greedy), with a KV cache."""
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(group_size)], pad_id)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    batch = prompt_ids.shape[0]
+    eos = torch.tensor(eos_ids, device=device)
+    cache = DynamicCache(config=model.config)
+    mask, pos = prompt_mask, positions(prompt_mask)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                logits_to_keep=1)
+    pos = pos[:, -1:]
+    tokens, done = [], torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        token = next_token(out.logits[:, -1], temperature, top_p, generator)
+        token = torch.where(done, torch.full_like(token, pad_id), token)   # finished rows emit padding
+        tokens.append(token)
+        done = done | torch.isin(token, eos)
+        if done.all():
+            break
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+        pos = pos + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+    completion = torch.stack(tokens, dim=1)
+    is_eos = torch.isin(completion, eos)
+    # 1 through the first EOS: positions whose count of EOS strictly before them is 0
+    eos_before = is_eos.long().cumsum(-1) - is_eos.long()
+    completion_mask = (eos_before == 0).long()
+    return Generation(prompt_ids, prompt_mask, completion, completion_mask, ~is_eos.any(-1))

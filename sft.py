@@ -1,0 +1,391 @@
+"""Supervised fine-tuning: base SFT (stage 1), cold-start reasoning SFT (stage 2), and pretraining.
+
+    python sft.py --mode base       --model tiny       --data D/retail_train.json      --out runs/sft
+    python sft.py --mode cold-start --model runs/sft   --data D/retail_cold_start.json --out runs/cold
+    python sft.py --mode pretrain   --model tiny-random --data demo:pretrain-stream     --out assets/tiny
+
+Masked loss (stage 1 and 2): one turn sample = context + reference action; only the action's tokens
+(through the closing <|im_end|>) are supervised:
+
+    L = - (1 / N) * sum_{t in S} log p_theta(x_t | x_<t),   S = target positions of the batch, N = |S|
+
+The target span comes from the tokenizer's own chat template: render the context with
+add_generation_prompt=True (the prompt) and context + action (the full text); the prompt must be a
+prefix of the full text, and the rest, up to <|im_end|>, is the target. Prompt and target are
+tokenised separately, exactly as the prompt is tokenised at inference.
+  base:       thinking off; Qwen3 appends an empty <think>\\n\\n</think>\\n\\n to the *prompt*, the target
+              is the action alone (never supervise an empty think block the model will not generate).
+  cold-start: thinking on; the target is <think>\\n{reasoning}\\n</think>\\n\\n{action}. The set must hold
+              fewer than 100 reasoning-annotated turns (the method's point) unless --allow-large-cold-start.
+  pretrain:   loss on every token of whole conversations (builds the tiny base from tiny-random).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import DataError, TurnSample, convert_record, load_turn_samples, render_prompt, resolve_data
+from lora import inject_lora, lora_layers, merge_lora, save_adapter
+from model import ModelLoadError, load, load_checkpoint, save, save_checkpoint
+
+IGNORE = -100
+PRETRAIN_STREAM = "demo:pretrain-stream"
+MAX_COLD_START_TURNS = 99  # "fewer than 100 examples" (the paper)
+DEFAULT_DATA = {"base": "demo:train", "cold-start": "demo:cold_start", "pretrain": PRETRAIN_STREAM}
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding: turn samples -> (input_ids, labels)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def target_text(tokenizer, sample: TurnSample, thinking: bool, where: str = "") -> str:
+    """The supervised text: what the template puts after the prompt for this action, through <|im_end|>."""
+    action = sample.target if thinking else type(sample.target)(sample.target.content, sample.target.tool_calls)
+    prompt = render_prompt(tokenizer, sample, thinking)
+    full = tokenizer.apply_chat_template(sample.chat() + [action.message()], tools=sample.template_tools(),
+                                         tokenize=False, enable_thinking=thinking)
+    if not full.startswith(prompt):
+        raise DataError(f"{where or sample.conversation_id}: the chat template's generation prompt is not a "
+                        f"prefix of the rendered conversation, so the target span is undefined")
+    end = full.find(tokenizer.eos_token, len(prompt))
+    if end < 0:
+        raise DataError(f"{where or sample.conversation_id}: no {tokenizer.eos_token} after the target")
+    return full[len(prompt):end + len(tokenizer.eos_token)]
+
+
+def encode_turn(tokenizer, sample: TurnSample, thinking: bool, max_len: int, where: str = "") -> Encoded | None:
+    """Prompt tokens get label -100, target tokens are their own labels. Too-long prompts lose their
+    oldest tokens; a target longer than max_len gives None (skipped)."""
+    prompt = tokenizer(render_prompt(tokenizer, sample, thinking), add_special_tokens=False)["input_ids"]
+    target = tokenizer(target_text(tokenizer, sample, thinking, where), add_special_tokens=False)["input_ids"]
+    if len(target) >= max_len:
+        return None
+    prompt = prompt[len(prompt) + len(target) - max_len:] if len(prompt) + len(target) > max_len else prompt
+    return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
+
+
+def encode_whole(tokenizer, record: dict, max_len: int) -> Encoded:
+    """Pretraining: a whole conversation, every token supervised."""
+    conv = convert_record(record, "stream", "stream")
+    chat = ([{"role": "system", "content": conv.system}] if conv.system else []) + conv.messages
+    tools = [{"type": "function", "function": t} for t in conv.tools] or None
+    ids = tokenizer.apply_chat_template(chat, tools=tools, tokenize=False)
+    ids = tokenizer(ids, add_special_tokens=False)["input_ids"][:max_len]
+    return Encoded(ids, list(ids))
+
+
+def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence of the batch; padding gets label -100 and attention 0."""
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n], labels[i, :n], attention[i, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels), 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": attention}
+
+
+def length_sorted_batches(encoded: list[Encoded], batch_size: int, seed: int, epoch: int) -> list[list[Encoded]]:
+    """Micro-batches of similar length (little padding), in a seeded random order per epoch."""
+    rng = random.Random(seed * 1000 + epoch)
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i].input_ids), rng.random()))
+    batches = [[encoded[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss and schedule
+# ----------------------------------------------------------------------------------------------
+def masked_token_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_{t in S} -log p(labels_t | x_<t) and |S|, S = positions whose (shifted) label is not -100.
+
+    Logits are computed only at supervised positions: the hidden states are sliced before the LM head.
+    """
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    supervised = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][supervised]).float()
+    return F.cross_entropy(logits, targets[supervised], reduction="sum"), supervised.sum()
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.1):
+    """lr multiplier: linear 0 -> 1 over `warmup` steps, then cosine 1 -> min_ratio at `total`."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+# ----------------------------------------------------------------------------------------------
+# Data for a run
+# ----------------------------------------------------------------------------------------------
+def load_encoded(args, tokenizer) -> list[Encoded]:
+    """All training sequences of a finite data file for this mode."""
+    samples, skipped = load_turn_samples(args.data, args.skip_bad)
+    for err in skipped:
+        print(f"skipped: {err}", file=sys.stderr)
+    if args.mode == "cold-start":
+        with_reasoning = [s for s in samples if s.target.reasoning is not None]
+        if len(with_reasoning) > MAX_COLD_START_TURNS and not args.allow_large_cold_start:
+            raise DataError(f"{Path(args.data).name}: {len(with_reasoning)} reasoning-annotated turns; the cold "
+                            f"start uses fewer than 100 (pass --allow-large-cold-start to train on them anyway)")
+        samples = with_reasoning
+    if not samples:
+        raise DataError(f"{Path(args.data).name}: no usable turn samples for mode {args.mode}")
+    if args.mode == "pretrain":
+        from data import read_records
+        return [encode_whole(tokenizer, r, args.max_len) for r in read_records(args.data)]
+    encoded = [encode_turn(tokenizer, s, args.mode == "cold-start", args.max_len, f"{Path(args.data).name}: "
+                           f"sample {i} ({s.conversation_id})") for i, s in enumerate(samples)]
+    if None in encoded:
+        print(f"skipped {encoded.count(None)} samples whose target exceeds --max-len", file=sys.stderr)
+    return [e for e in encoded if e is not None]
+
+
+class BatchSource:
+    """Micro-batch number k of the run, deterministic in (seed, k): resumable at any k."""
+
+    def __init__(self, args, tokenizer):
+        self.args, self.tokenizer = args, tokenizer
+        if args.data == PRETRAIN_STREAM:
+            from worlds import pretrain_stream
+            self.stream, self.position = pretrain_stream(args.seed), 0
+        else:
+            self.stream, self.encoded = None, load_encoded(args, tokenizer)
+            self.per_epoch = math.ceil(len(self.encoded) / args.batch_size)
+            self.epoch, self.batches = -1, []
+
+    def steps_per_epoch(self) -> int | None:
+        return None if self.stream else math.ceil(self.per_epoch / self.args.grad_accum)
+
+    def batch(self, k: int) -> list[Encoded]:
+        if self.stream:
+            skip = k * self.args.batch_size - self.position  # only forward: resuming skips ahead once
+            records = list(itertools.islice(self.stream, skip, skip + self.args.batch_size))
+            self.position = (k + 1) * self.args.batch_size
+            return [encode_whole(self.tokenizer, r, self.args.max_len) for r in records]
+        epoch, index = divmod(k, self.per_epoch)
+        if epoch != self.epoch:
+            self.epoch, self.batches = epoch, length_sorted_batches(self.encoded, self.args.batch_size,
+                                                                   self.args.seed, epoch)
+        return self.batches[index]
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Base SFT, cold-start reasoning SFT, or pretraining (loss on all tokens).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--mode", choices=["base", "cold-start", "pretrain"], default="base")
+    p.add_argument("--model", default="tiny", help="tiny, tiny-random, a model directory or a hub id")
+    p.add_argument("--data", help=f"APIGen-MT-5k file (JSON / JSONL), a demo split (demo:train, demo:cold_start), "
+                   f"or for pretrain {PRETRAIN_STREAM} (default: the demo split of the mode)")
+    p.add_argument("--out", default="runs/sft", help="output directory (a valid --model when done)")
+    p.add_argument("--resume", metavar="OUT", help="continue the run whose --out was OUT from its last checkpoint")
+    p.add_argument("--lora-rank", type=int, default=None, help="LoRA rank; 0 = full fine-tuning "
+                   "(default: 0 for the tiny models, 16 otherwise)")
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-4 LoRA, 1e-3 tiny full "
+                   "fine-tuning, 1e-5 full fine-tuning of real models)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over a finite data file")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs; "
+                   "required for the pretraining stream)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much training time")
+    p.add_argument("--warmup", type=int, default=20, help="linear warmup steps before the cosine decay")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
+    p.add_argument("--max-len", type=int, default=1024, help="tokens per sequence (prompts lose their oldest tokens)")
+    p.add_argument("--eval-data", help="held-out turn samples, evaluated every --eval-every steps and at the end")
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--eval-limit", type=int, default=200, help="held-out samples per evaluation")
+    p.add_argument("--save-every", type=int, default=200, help="checkpoint every N optimizer steps")
+    p.add_argument("--allow-large-cold-start", action="store_true")
+    p.add_argument("--skip-bad", action="store_true", help="skip invalid records instead of failing")
+    p.add_argument("--inspect", type=int, metavar="N", default=0,
+                   help="print N rendered samples with the supervised span marked, then exit")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def resolve_defaults(args: argparse.Namespace, lr_full_tiny: float = 1e-3, lr_lora: float = 2e-4,
+                     lr_full: float = 1e-5) -> argparse.Namespace:
+    """LoRA for real models, full fine-tuning for the tiny ones; the learning rate to match."""
+    config = Path(args.model, "config.json")
+    tiny = args.model in ("tiny", "tiny-random") or (
+        config.exists() and json.loads(config.read_text()).get("hidden_size", 0) < 512)
+    if args.lora_rank is None:
+        args.lora_rank = 0 if tiny else 16
+    if args.lr is None:
+        args.lr = lr_lora if args.lora_rank else (lr_full_tiny if tiny else lr_full)
+    return args
+
+
+def resume_args(args: argparse.Namespace) -> argparse.Namespace:
+    """With --resume OUT, the run's own saved arguments (OUT/args.json), pointed back at OUT."""
+    if not args.resume:
+        return args
+    saved = Path(args.resume, "args.json")
+    if not saved.exists():
+        raise DataError(f"{saved}: missing; --resume takes the --out directory of an earlier run")
+    return argparse.Namespace(**{**json.loads(saved.read_text()), "resume": args.resume, "out": args.resume})
+
+
+def inspect_samples(args, tokenizer) -> None:
+    encoded = load_encoded(args, tokenizer)[:args.inspect]
+    for i, e in enumerate(encoded):
+        pieces, supervised = [], False
+        for token, label in zip(e.input_ids, e.labels):
+            if (label != IGNORE) != supervised:
+                supervised = label != IGNORE
+                pieces.append("\u27e6" if supervised else "\u27e7")
+            pieces.append(tokenizer.decode([token]))
+        if supervised:
+            pieces.append("\u27e7")
+        n_target = sum(label != IGNORE for label in e.labels)
+        print(f"--- sample {i}: {len(e.input_ids)} tokens, {n_target} supervised (between \u27e6 and \u27e7)")
+        print("".join(pieces))
+
+
+def run(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
+    """Train and save; stop_after=k simulates a crash after step k (its checkpoint written, no final save)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "args.json").write_text(json.dumps(vars(args), indent=1))
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    model, tokenizer = load(args.model, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                            device=device)
+    if args.lora_rank:
+        inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
+    if device.type == "cuda":  # activations dominate memory on a real model; recompute them in backward
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    source = BatchSource(args, tokenizer)
+    total = args.max_steps or math.ceil(args.epochs * source.steps_per_epoch())
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, total))
+    state = {"step": 0, "train_seconds": 0.0}
+    if args.resume and (out / "checkpoint" / "state.json").exists():
+        state = load_checkpoint(out / "checkpoint", model, optimizer, scheduler)
+        print(f"resumed from {out / 'checkpoint'} at step {state['step']}", file=sys.stderr)
+    evaluator = make_evaluator(args, tokenizer, thinking=args.mode == "cold-start")
+    log = (out / "log.jsonl").open("a")
+    bar = tqdm(total=total, initial=state["step"], desc=f"sft {args.mode}", dynamic_ncols=True)
+    for step in range(state["step"], total):
+        t0 = time.perf_counter()
+        batches = [collate(source.batch(step * args.grad_accum + m), tokenizer.pad_token_id)
+                   for m in range(args.grad_accum)]
+        n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        loss_sum = 0.0
+        for b in batches:  # mean over all supervised tokens of the (accumulated) batch
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                nll, _ = masked_token_nll(model, **{k: v.to(device) for k, v in b.items()})
+            (nll / n_tokens).backward()
+            loss_sum += nll.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        state["step"], state["train_seconds"] = step + 1, state["train_seconds"] + seconds
+        seen = sum(int(b["attention_mask"].sum()) for b in batches)
+        record = {"step": step + 1, "loss": loss_sum / n_tokens, "grad_norm": float(grad_norm),
+                  "lr": scheduler.get_last_lr()[0], "tokens_per_s": seen / seconds,
+                  "train_seconds": round(state["train_seconds"], 2)}
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"loss is {record['loss']} at step {step + 1}; last good checkpoint kept")
+        done = step + 1 == total or (args.max_minutes and state["train_seconds"] > 60 * args.max_minutes)
+        if evaluator and (done or (args.eval_every and (step + 1) % args.eval_every == 0)):
+            record["eval"] = evaluator(model)
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        bar.update(1)
+        if done:
+            break
+        if (step + 1) % args.save_every == 0:
+            save_checkpoint(out / "checkpoint", model, tokenizer, optimizer, scheduler, state)
+        if stop_after and step + 1 >= stop_after:
+            return None
+    bar.close()
+    log.close()
+    return finish(model, tokenizer, out, args)
+
+
+def finish(model, tokenizer, out: Path, args) -> Path:
+    """Save the adapter beside the merged model; the output directory is itself a valid --model."""
+    extra = {"log.jsonl": out / "log.jsonl", "args.json": out / "args.json"}
+    if lora_layers(model):
+        save_adapter(model, out / "adapter.safetensors")
+        extra["adapter.safetensors"] = out / "adapter.safetensors"
+        merge_lora(model)
+    model.eval()
+    return save(model.to(torch.float32) if args.device == "cpu" else model, tokenizer, out, extra)
+
+
+def make_evaluator(args, tokenizer, thinking: bool):
+    """A function model -> held-out metrics (through eval.py), or None without --eval-data."""
+    if not args.eval_data:
+        return None
+    from eval import evaluate
+    samples = load_turn_samples(resolve_data(args.eval_data))[0][:args.eval_limit]
+
+    def evaluator(model):
+        model.eval()
+        metrics = evaluate(model, tokenizer, samples, thinking=thinking)
+        model.train()
+        return metrics
+    return evaluator
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        args = resolve_defaults(resume_args(args))
+        args.data = resolve_data(args.data or DEFAULT_DATA[args.mode])
+        if args.inspect:
+            inspect_samples(args, load(args.model)[1])
+            return 0
+        if args.data == PRETRAIN_STREAM and not args.max_steps:
+            raise DataError("the pretraining stream is endless: pass --max-steps")
+        out = run(args)
+        print(f"saved {out}")
+    except (DataError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

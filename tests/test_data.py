@@ -1,0 +1,137 @@
+import hashlib
+import json
+
+import pytest
+
+import data
+from data import DataError, load_conversations, load_turn_samples
+
+CALL = json.dumps({"name": "get_order_details", "arguments": {"order_id": "W1"}})
+TOOLS = json.dumps([{"name": "get_order_details", "description": "d", "parameters": {}}])
+
+
+def record(conversations, tools=TOOLS, system="S"):
+    return {"conversations": conversations, "tools": tools, "system": system}
+
+
+def write(tmp_path, records, name="train.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_conversion_merges_text_with_calls_and_parallel_calls(tmp_path):
+    conv = [{"from": "human", "value": "hi"},
+            {"from": "gpt", "value": "Let me check."},
+            {"from": "function_call", "value": CALL},
+            {"from": "function_call", "value": json.dumps({"name": "think", "arguments": {"thought": "x"}})},
+            {"from": "observation", "value": "{}"}, {"from": "observation", "value": ""},
+            {"from": "gpt", "value": "<think>\nbecause\n</think>\n\nDone."}]
+    [c], skipped = load_conversations(write(tmp_path, [record(conv)]))
+    assert skipped == []
+    roles = [m["role"] for m in c.messages]
+    assert roles == ["user", "assistant", "tool", "tool", "assistant"]
+    first = c.messages[1]["action"]
+    assert first.content == "Let me check."
+    assert [t["name"] for t in first.tool_calls] == ["get_order_details", "think"]  # parallel; think stays a call
+    last = c.messages[4]["action"]
+    assert (last.reasoning, last.content) == ("because", "Done.")
+    samples = c.turn_samples()
+    assert len(samples) == 2
+    assert samples[1].messages[-1] == {"role": "tool", "content": ""}
+    assert samples[0].target.is_tool_call and not samples[1].target.is_tool_call
+
+
+def test_assistant_before_first_user_is_not_a_sample(tmp_path):
+    conv = [{"from": "gpt", "value": "Welcome"}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "Hello"}]
+    [sample], _ = load_turn_samples(write(tmp_path, [record(conv)]))
+    assert sample.target.content == "Hello" and len(sample.messages) == 2
+
+
+def test_jsonl_reads_the_same_records(tmp_path):
+    recs = [record([{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}])] * 3
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    samples, _ = load_turn_samples(tmp_path / "x.jsonl")
+    assert len(samples) == 3
+
+
+GOOD = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "ok"}]
+BAD_RECORDS = [
+    (record([{"from": "robot", "value": "x"}]), "record 1: conversations[0].from: unknown role 'robot'"),
+    (record(GOOD, tools="[not json"), "record 1: tools: not valid JSON"),
+    (record(GOOD, tools='{"a": 1}'), "record 1: tools: must be a JSON list"),
+    (record([{"from": "human", "value": "x"}, {"from": "function_call", "value": "{oops"}]),
+     "record 1: conversations[1].value: function_call value is not valid JSON"),
+    (record([{"from": "human", "value": "x"}, {"from": "function_call", "value": '{"arguments": {}}'}]),
+     "record 1: conversations[1].value: function_call value has no string 'name'"),
+    (record([{"from": "human", "value": "x"}, {"from": "observation", "value": "{}"}]),
+     "record 1: conversations[1].from: observation with no function_call before it"),
+    (record([]), "record 1: conversations: conversation is empty"),
+    ({"tools": TOOLS, "system": ""}, "record 1: conversations: missing field"),
+    (record([{"from": "human", "value": 3}]), "record 1: conversations[0].value: must be a string"),
+    (record(GOOD, system=5), "record 1: system: must be a string"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_RECORDS)
+def test_bad_record_names_file_record_and_field(tmp_path, bad, message):
+    path = write(tmp_path, [record(GOOD), bad, record(GOOD)])
+    with pytest.raises(DataError) as err:
+        load_conversations(path)
+    assert str(err.value).startswith(f"train.json: {message}")
+    conversations, skipped = load_conversations(path, skip_bad=True)
+    assert len(conversations) == 2 and len(skipped) == 1 and skipped[0].startswith(f"train.json: {message}")
+
+
+def test_file_level_errors(tmp_path):
+    (tmp_path / "a.json").write_text("[1, 2")
+    with pytest.raises(DataError, match=r"^a.json: invalid JSON at line 1"):
+        data.read_records(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text('{"conversations": []}')
+    with pytest.raises(DataError, match=r"^b.json: top level must be a JSON list"):
+        data.read_records(tmp_path / "b.json")
+
+
+def test_inspect_cli_exit_codes(tmp_path, capsys):
+    path = write(tmp_path, [record(GOOD), record([{"from": "robot", "value": "x"}])])
+    assert data.main(["inspect", str(path)]) == 2
+    assert "train.json: record 1: conversations[0].from" in capsys.readouterr().err
+    assert data.main(["inspect", str(path), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "conversations:     1" in out and "skipped 1 bad records" in out
+
+
+def test_next_action_format_round_trips(demo_dir):
+    direct, _ = load_turn_samples(demo_dir / "retail_test.json")
+    tests, _ = load_turn_samples(demo_dir / "retail_test_next_action.jsonl")
+    assert len(direct) == len(tests)
+    for a, b in zip(direct[:200], tests[:200]):
+        assert (a.messages, a.target, a.system, a.tools) == (b.messages, b.target, b.system, b.tools)
+
+
+def test_next_action_expected_must_be_one_action(tmp_path):
+    bad = {"conversation_id": "c1", "tools": TOOLS, "context": [{"from": "human", "value": "x"}],
+           "expected": [{"from": "gpt", "value": "a"}, {"from": "gpt", "value": "b"}]}
+    (tmp_path / "t.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match=r"t.jsonl: record 0: expected: must be one agent action"):
+        load_turn_samples(tmp_path / "t.jsonl")
+
+
+def test_demo_is_deterministic_and_sized(demo_dir, tmp_path):
+    again = data.write_demo(tmp_path)
+    for path in again.values():
+        digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+        assert digest(path) == digest(demo_dir / path.name)
+    train, _ = load_conversations(demo_dir / "retail_train.json")
+    test, _ = load_conversations(demo_dir / "retail_test.json")
+    cold, _ = load_turn_samples(demo_dir / "retail_cold_start.json")
+    assert len(train) >= 2000 and len(test) >= 200
+    assert len(cold) < 100 and all(s.target.reasoning for s in cold)
+
+
+def test_held_out_users_and_orders_are_disjoint(demo_dir):
+    def ids(path, pattern):  # ids in the dialogues (the tool schemas' examples like u1234 are shared text)
+        import re
+        return set(re.findall(pattern, json.dumps([r["conversations"] for r in json.loads(path.read_text())])))
+    for pattern in (r"\bu\d{4}\b", r"\bW\d{5}\b"):
+        assert not ids(demo_dir / "retail_train.json", pattern) & ids(demo_dir / "retail_test.json", pattern)

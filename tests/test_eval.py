@@ -1,0 +1,47 @@
+from data import Action, TurnSample
+from eval import aggregate, conversation_success, decision_correct, format_ok, score_turn, turn_success
+from toolcalls import parse_completion
+
+CALL = '<tool_call>\n{"name": "get_order_details", "arguments": {"order_id": "W1"}}\n</tool_call>'
+REF_CALL = Action("", [{"name": "get_order_details", "arguments": {"order_id": "W1"}}])
+REF_ANSWER = Action("Your order W1 is delivered.")
+
+
+def sample(ref, cid="c"):
+    return TurnSample(cid, "S", [], [{"role": "user", "content": "q"}], ref)
+
+
+def test_turn_metrics_by_hand():
+    assert format_ok(parse_completion(CALL), False, thinking=False)
+    assert not format_ok(parse_completion(CALL), True, thinking=False)            # truncated
+    assert not format_ok(parse_completion(CALL), False, thinking=True)            # think block missing
+    assert format_ok(parse_completion("<think>\nr\n</think>\n\n" + CALL), False, thinking=True)
+    assert decision_correct(parse_completion(CALL), REF_CALL)
+    assert not decision_correct(parse_completion("Sure."), REF_CALL)
+    assert turn_success(parse_completion(CALL), False, REF_CALL)
+    wrong_arg = CALL.replace("W1", "W2")
+    assert not turn_success(parse_completion(wrong_arg), False, REF_CALL)
+    # answer "your order w1 is delivered" vs "order w1 delivered": overlap 3, F1 = 6/8 = 0.75 >= 0.5
+    assert turn_success(parse_completion("Order W1 delivered"), False, REF_ANSWER)
+    # "it is pending" vs reference: overlap {is} = 1, F1 = 2/(3+5) = 0.25 < 0.5
+    assert not turn_success(parse_completion("It is pending"), False, REF_ANSWER)
+
+
+def test_aggregate_and_conversation_success_by_hand():
+    results = [
+        score_turn(sample(REF_CALL, "a"), CALL, False, False),                         # success
+        score_turn(sample(REF_ANSWER, "a"), "Your order W1 is delivered.", False, False),  # success
+        score_turn(sample(REF_CALL, "b"), CALL.replace("W1", "W9"), False, False),    # right name, wrong value
+        score_turn(sample(REF_ANSWER, "b"), CALL, False, False),                       # wrong decision
+    ]
+    m = aggregate(results)
+    assert m["turns"] == 4
+    assert m["decision_acc"] == 3 / 4
+    assert m["tool_name_acc"] == 1.0           # both tool turns call get_order_details
+    assert m["exact_match"] == 1 / 2
+    assert m["arg_f1"] == (1.0 + 0.0) / 2      # second call: its only triple differs
+    assert m["answer_f1"] == (1.0 + 0.0) / 2   # the call produced no answer text
+    assert m["turn_success"] == 2 / 4
+    assert m["conv_success"] == 1 / 2          # conversation a all right, b not
+    assert conversation_success(results[:2]) == 1.0
+    assert m["format_rate"] == 1.0 and m["reasoning_words"] == 0

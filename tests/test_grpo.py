@@ -1,0 +1,120 @@
+import math
+
+import pytest
+import torch
+
+from grpo import aggregate_loss, clipped_policy_loss, group_advantages, kl_k3, token_logprobs
+from lora import disable_adapters, inject_lora, lora_layers
+from model import load
+from sampling import left_pad
+
+
+def test_group_advantages_by_hand():
+    # [1, 2, 3, 4]: mean 2.5, population std sqrt((2.25 + 0.25 + 0.25 + 2.25) / 4) = sqrt(1.25)
+    s = math.sqrt(1.25)
+    a = group_advantages(torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 0.5, 0.5]]), eps=0.0)
+    assert torch.allclose(a[0], torch.tensor([-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s]))
+    assert torch.equal(a[1], torch.zeros(4))                        # zero variance: nothing to prefer
+    assert torch.equal(group_advantages(torch.tensor([[0.7]])), torch.zeros(1, 1))  # singleton
+    no_std = group_advantages(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), scale_std=False)
+    assert torch.allclose(no_std, torch.tensor([[-1.5, -0.5, 0.5, 1.5]]))
+
+
+def test_kl_k3_by_hand():
+    lp = torch.log(torch.tensor([0.5, 0.3]))
+    assert torch.equal(kl_k3(lp, lp), torch.zeros(2))
+    # x = log 0.25 - log 0.5 = -log 2: k3 = 0.5 + log 2 - 1
+    assert kl_k3(torch.log(torch.tensor(0.5)), torch.log(torch.tensor(0.25))).item() == pytest.approx(
+        0.5 + math.log(2) - 1)
+
+
+@pytest.mark.parametrize("adv,ratio,expected,clipped", [
+    (1.0, 1.1, -1.1, False),    # inside [0.8, 1.28]
+    (1.0, 1.5, -1.28, True),    # above: min(1.5, 1.28) = 1.28
+    (1.0, 0.5, -0.5, False),    # below: min(0.5, 0.8) = 0.5, the unclipped term
+    (-1.0, 1.1, 1.1, False),
+    (-1.0, 1.5, 1.5, False),    # min(-1.5, -1.28) = -1.5, the unclipped term
+    (-1.0, 0.5, 0.8, True),     # min(-0.5, -0.8) = -0.8
+])
+def test_clipped_loss_by_hand(adv, ratio, expected, clipped):
+    old = torch.zeros(1, 1)
+    loss, kl, was_clipped = clipped_policy_loss(torch.log(torch.tensor([[ratio]])), old, None, torch.tensor([adv]),
+                                                beta=0.0, eps_low=0.2, eps_high=0.28)
+    assert loss.item() == pytest.approx(expected, abs=1e-6) and bool(was_clipped) == clipped
+
+
+def test_kl_term_is_added_with_beta():
+    logp, ref = torch.log(torch.tensor([[0.5]])), torch.log(torch.tensor([[0.25]]))
+    loss, kl, _ = clipped_policy_loss(logp, logp, ref, torch.tensor([0.0]), beta=0.1, eps_low=0.2, eps_high=0.2)
+    assert loss.item() == pytest.approx(0.1 * (0.5 + math.log(2) - 1))
+
+
+def test_aggregations_on_a_ragged_mask():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    assert aggregate_loss(per_token, mask, "grpo", 2, 4, 3).item() == pytest.approx((6 / 3 + 4 / 1) / 2)
+    assert aggregate_loss(per_token, mask, "dapo", 2, 4, 3).item() == pytest.approx(10 / 4)
+    assert aggregate_loss(per_token, mask, "dr_grpo", 2, 4, 3).item() == pytest.approx(10 / (2 * 3))
+    for mode in ("grpo", "dapo", "dr_grpo"):  # micro-batches sum to the whole batch
+        parts = sum(aggregate_loss(per_token[i:i + 1], mask[i:i + 1], mode, 2, 4, 3) for i in range(2))
+        assert parts.item() == pytest.approx(aggregate_loss(per_token, mask, mode, 2, 4, 3).item())
+
+
+def batch(tok):
+    prompts = [tok("where is order W12345?", add_special_tokens=False)["input_ids"], tok("hi", add_special_tokens=False)["input_ids"]]
+    completions = [[7, 8, 9, 2], [10, 2, 0, 0]]
+    p_ids, p_mask = left_pad(prompts, tok.pad_token_id)
+    c_ids = torch.tensor(completions)
+    c_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    return prompts, completions, torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_mask.float()
+
+
+def test_token_logprobs_match_unpadded_log_softmax():
+    model, tok = load("tiny-random")
+    prompts, completions, ids, attention, mask = batch(tok)
+    got = token_logprobs(model, ids, attention, 4, temperature=0.7, chunk=3)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        n = int(mask[i].sum())
+        seq = torch.tensor([p + c[:n]])
+        logits = model(seq).logits[0] / 0.7
+        want = torch.log_softmax(logits, -1)[len(p) - 1:len(p) + n - 1].gather(-1, torch.tensor(c[:n])[:, None])
+        assert torch.allclose(got[i, :n], want.squeeze(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["grpo", "dapo", "dr_grpo"])
+def test_one_iteration_gradient_is_policy_gradient(mode):
+    model, tok = load("tiny-random")
+    _, _, ids, attention, mask = batch(tok)
+    adv = torch.tensor([0.8, -1.3])
+    n_seq, n_tok = 2, int(mask.sum())
+
+    def grads(loss_of):
+        model.zero_grad()
+        logp = token_logprobs(model, ids, attention, 4, 1.0)
+        loss_of(logp).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    def clipped(logp):
+        per_token, _, _ = clipped_policy_loss(logp, logp.detach(), None, adv, 0.0, 0.2, 0.28)
+        return aggregate_loss(per_token, mask, mode, n_seq, n_tok, 4)
+
+    def reinforce(logp):
+        return aggregate_loss(-adv[:, None] * logp, mask, mode, n_seq, n_tok, 4)
+    g1, g2 = grads(clipped), grads(reinforce)
+    assert any(g.abs().sum() > 0 for g in g1)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2))
+
+
+def test_reference_is_the_policy_with_adapters_disabled():
+    model, tok = load("tiny-random")
+    base, _ = load("tiny-random")
+    _, _, ids, attention, _ = batch(tok)
+    inject_lora(model, rank=4, alpha=8)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.normal_(std=0.05)
+        policy = token_logprobs(model, ids, attention, 4, 1.0)
+        with disable_adapters(model):
+            reference = token_logprobs(model, ids, attention, 4, 1.0)
+        expected = token_logprobs(base, ids, attention, 4, 1.0)
+    assert torch.equal(reference, expected) and not torch.allclose(policy, reference)

@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from model import load
+from sampling import generate, next_token
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = load("tiny-random")
+    return model.eval(), tok
+
+
+def prompts_of(tok):
+    texts = ["<|im_start|>user\nWhat is the status of order W12345?<|im_end|>\n<|im_start|>assistant\n",
+             "hello", "<|im_start|>user\nHi!<|im_end|>\n"]
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def hf_greedy(model, tok, prompts, eos, n):
+    tok.padding_side = "left"
+    enc = tok.pad({"input_ids": prompts}, return_tensors="pt")
+    out = model.generate(**enc, do_sample=False, max_new_tokens=n, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+    return out[:, enc["input_ids"].shape[1]:]
+
+
+def test_greedy_equals_hf_generate(tiny):
+    model, tok = tiny
+    prompts = prompts_of(tok)
+    ours = generate(model, prompts, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, max_new_tokens=24,
+                    temperature=0)
+    assert torch.equal(ours.completion_ids, hf_greedy(model, tok, prompts, tok.eos_token_id, 24))
+
+
+def test_stops_per_sequence_at_eos_and_masks_through_it(tiny):
+    model, tok = tiny
+    prompts = prompts_of(tok)
+    free = generate(model, prompts, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, max_new_tokens=12,
+                    temperature=0)
+    eos = int(free.completion_ids[0, 3])  # pretend row 0's 4th greedy token is EOS
+    first = [row.tolist().index(eos) if eos in row.tolist() else None for row in free.completion_ids]
+    gen = generate(model, prompts, eos_ids=[eos], pad_id=tok.pad_token_id, max_new_tokens=12, temperature=0)
+    for i, stop in enumerate(first):
+        if stop is None:
+            assert gen.truncated[i] and gen.completion_mask[i].sum() == gen.completion_ids.shape[1]
+        else:
+            assert not gen.truncated[i]
+            assert gen.completion_mask[i].tolist() == [1] * (stop + 1) + [0] * (gen.completion_ids.shape[1] - stop - 1)
+            assert (gen.completion_ids[i, stop + 1:] == tok.pad_token_id).all()
+    assert first[0] <= 3 and gen.completion_lists()[0] == free.completion_ids[0, :first[0] + 1].tolist()
+    hf = hf_greedy(model, tok, prompts, eos, 12)
+    assert torch.equal(gen.completion_ids, hf[:, :gen.completion_ids.shape[1]])
+
+
+def test_left_padding_does_not_change_a_prompts_completion(tiny):
+    model, tok = tiny
+    prompts = prompts_of(tok)
+    batch = generate(model, prompts, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, max_new_tokens=10,
+                     temperature=0)
+    alone = generate(model, [prompts[1]], eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, max_new_tokens=10,
+                     temperature=0)
+    assert torch.equal(batch.completion_ids[1], alone.completion_ids[0])
+
+
+def test_groups_and_seeded_sampling(tiny):
+    model, tok = tiny
+    prompts = prompts_of(tok)[:2]
+
+    def sample(seed):
+        g = torch.Generator().manual_seed(seed)
+        return generate(model, prompts, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, group_size=4,
+                        max_new_tokens=8, temperature=1.0, top_p=0.9, generator=g)
+    a, b, c = sample(1), sample(1), sample(2)
+    assert a.completion_ids.shape[0] == 8
+    assert torch.equal(a.completion_ids, b.completion_ids) and not torch.equal(a.completion_ids, c.completion_ids)
+    for i in range(8):  # rows i*G .. i*G+G-1 share prompt i
+        assert torch.equal(a.prompt_ids[i], a.prompt_ids[(i // 4) * 4])
+    assert len({tuple(r.tolist()) for r in a.completion_ids[:4]}) > 1  # a group's samples differ
+
+
+def test_top_p_keeps_the_nucleus_only():
+    # probs [0.5, 0.3, 0.15, 0.05]: top_p 0.7 keeps {0, 1} (mass before token 2 is 0.8 >= 0.7)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    seen = {int(next_token(logits, 1.0, 0.7, g)) for _ in range(300)}
+    assert seen == {0, 1}
+    assert int(next_token(logits, 0.0, 1.0, None)) == 0

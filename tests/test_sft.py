@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+import sft
+from data import Action, TurnSample, load_turn_samples
+from sft import IGNORE, collate, encode_turn, masked_token_nll
+
+CALL = {"name": "get_order_details", "arguments": {"order_id": "W12345"}}
+TOOLS = [{"name": "get_order_details", "description": "Get an order.", "parameters": {"type": "object"}}]
+USER = {"role": "user", "content": "Where is order W12345?"}
+TOOL_MSG = {"role": "tool", "content": '{"status": "pending"}'}
+CALL_MSG = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": CALL}]}
+CALL_TEXT = '<tool_call>\n{"name": "get_order_details", "arguments": {"order_id": "W12345"}}\n</tool_call>'
+
+CASES = [  # (sample, thinking, the exact supervised text, written by hand from the Qwen3 template)
+    (TurnSample("c", "S", TOOLS, [USER], Action("", [CALL])), False, CALL_TEXT + "<|im_end|>"),
+    (TurnSample("c", "S", TOOLS, [USER, CALL_MSG, TOOL_MSG], Action("It is pending.")), False,
+     "It is pending.<|im_end|>"),
+    (TurnSample("c", "S", [], [USER], Action("Hello!")), False, "Hello!<|im_end|>"),
+    (TurnSample("c", "S", TOOLS, [USER], Action("", [CALL], "I need the order.")), True,
+     "<think>\nI need the order.\n</think>\n\n" + CALL_TEXT + "<|im_end|>"),
+    (TurnSample("c", "S", TOOLS, [USER, CALL_MSG, TOOL_MSG], Action("It is pending.", [], "Report it.")), True,
+     "<think>\nReport it.\n</think>\n\nIt is pending.<|im_end|>"),
+]
+
+
+@pytest.mark.parametrize("which", ["tiny_tokenizer", "qwen_tokenizer"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_mask_covers_exactly_the_target(request, which, case):
+    tok = request.getfixturevalue(which)
+    sample, thinking, expected = CASES[case]
+    enc = encode_turn(tok, sample, thinking, max_len=4096)
+    supervised = [t for t, label in zip(enc.input_ids, enc.labels) if label != IGNORE]
+    assert tok.decode(supervised) == expected
+    first = enc.labels.index(next(label for label in enc.labels if label != IGNORE))
+    assert all(label == IGNORE for label in enc.labels[:first])
+    assert all(label != IGNORE for label in enc.labels[first:])   # the target is one contiguous tail
+    prompt = tok.decode(enc.input_ids[:first])
+    assert prompt.endswith("<|im_start|>assistant\n" + ("" if thinking else "<think>\n\n</think>\n\n"))
+
+
+def test_loss_is_mean_over_supervised_tokens():
+    model = torch.nn.Module()
+    torch.manual_seed(0)
+    from model import load
+    model, tok = load("tiny-random")
+    batch = collate([sft.Encoded([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8]), sft.Encoded([9, 10], [IGNORE, 10])], 0)
+    total, n = masked_token_nll(model, **batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+    by_hand = -(logits[0, 1, 7] + logits[0, 2, 8] + logits[1, 0, 10])  # position t predicts token t + 1
+    assert int(n) == 3 and torch.allclose(total, by_hand, atol=1e-5)
+
+
+def test_cold_start_refuses_large_sets(tmp_path, demo_dir, capsys):
+    records = json.loads((demo_dir / "retail_cold_start.json").read_text())
+    (tmp_path / "big.json").write_text(json.dumps(records * 2))
+    code = sft.main(["--mode", "cold-start", "--model", "tiny-random", "--data", str(tmp_path / "big.json"),
+                     "--out", str(tmp_path / "o")])
+    assert code == 2 and "fewer than 100" in capsys.readouterr().err
+
+
+def test_overfit_two_samples(tmp_path, demo_dir):
+    records = json.loads((demo_dir / "retail_train.json").read_text())[:1]
+    (tmp_path / "two.json").write_text(json.dumps(records))
+    args = ["--mode", "base", "--model", "tiny-random", "--data", str(tmp_path / "two.json"), "--out",
+            str(tmp_path / "o"), "--max-steps", "60", "--batch-size", "2", "--lr", "3e-3", "--warmup", "5"]
+    samples, _ = load_turn_samples(tmp_path / "two.json")
+    assert sft.main(args) == 0
+    log = [json.loads(line) for line in (tmp_path / "o" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"] > 3 and log[-1]["loss"] < 0.1, (log[0]["loss"], log[-1]["loss"], len(samples))
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, demo_dir):
+    records = json.loads((demo_dir / "retail_train.json").read_text())[:12]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    common = ["--mode", "base", "--model", "tiny-random", "--data", str(tmp_path / "d.json"), "--max-steps", "6",
+              "--batch-size", "4", "--save-every", "3", "--lr", "1e-3"]
+    assert sft.main(common + ["--out", str(tmp_path / "full")]) == 0
+    cut = tmp_path / "cut"
+    sft.run(sft.resolve_defaults(sft.parse_args(common + ["--out", str(cut)])), stop_after=3)  # "killed" at step 3
+    assert (cut / "checkpoint" / "state.json").exists() and not (cut / "model.safetensors").exists()
+    assert sft.main(["--resume", str(cut)]) == 0
+    from safetensors.torch import load_file
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
