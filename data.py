@@ -20,6 +20,7 @@ Next-action tests (ALMITA-style, JSONL, one test a line) share the converter:
      "expected": [{"from", "value"}, ...]}          # the next agent action: gpt text or function_call(s)
 
 CLI:  python data.py inspect PATH [--skip-bad]      python data.py demo --out DIR [--seed N]
+      python data.py split PATH --out DIR [--test 200]  (hold out whole conversations of a real data file)
 """
 
 from __future__ import annotations
@@ -364,6 +365,23 @@ def resolve_data(name: str) -> str:
     return str(DEMO_DIR / files[split])
 
 
+def split_records(path: str, out: str | Path, n_test: int, seed: int) -> dict[str, Path]:
+    """Hold out n_test whole records (conversations), chosen with a seeded shuffle."""
+    import random
+    records = read_records(path)
+    if not 0 < n_test < len(records):
+        raise DataError(f"{Path(path).name}: cannot hold out {n_test} of {len(records)} records")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    held_out = set(order[:n_test])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"train": out / "train.json", "test": out / "test.json"}
+    write_json_atomic(paths["train"], [r for i, r in enumerate(records) if i not in held_out])
+    write_json_atomic(paths["test"], [r for i, r in enumerate(records) if i in held_out])
+    return paths
+
+
 def inspect(path: str, skip_bad: bool) -> None:
     samples, skipped = load_turn_samples(resolve_data(path), skip_bad)
     conversations = len({s.conversation_id for s in samples})
@@ -390,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("inspect", help="validate a data file and print what it holds")
     p.add_argument("path")
     p.add_argument("--skip-bad", action="store_true", help="skip bad records and list them instead of failing")
+    p = sub.add_parser("split", help="split a data file's records into train.json and test.json (seeded)")
+    p.add_argument("path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--test", type=int, default=200, help="records held out")
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("demo", help="write the retail demo splits (deterministic)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -397,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "inspect":
             inspect(args.path, args.skip_bad)
+        elif args.command == "split":
+            for name, path in split_records(args.path, args.out, args.test, args.seed).items():
+                print(f"{name}: {path}")
         else:
             for split, path in write_demo(args.out, args.seed).items():
                 print(f"{split}: {path}")

@@ -14,6 +14,7 @@ Each held-out turn is decoded greedily from its context and compared with the re
                         answer F1 >= 0.5 (answer turns)
     conversation succ.  every turn of the conversation succeeds (ALMITA's conversation-level correctness)
     reasoning length    mean words inside the think block
+    reward              mean composite reward (rewards.py, default weights) of the greedy completions
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from data import Action, DataError, TurnSample, load_turn_samples, render_prompt, resolve_data
 from model import ModelLoadError, load
 from sampling import generate
+from rewards import composite_reward
 from toolcalls import Parsed, argument_f1, calls_match, names_match, parse_completion, token_f1
 
 ANSWER_F1_SUCCESS = 0.5  # an answer turn succeeds at token F1 >= 0.5: most reported values are right
@@ -49,6 +51,7 @@ class TurnResult:
     answer_f1: float
     success: bool
     reasoning_words: int
+    reward: float
 
 
 def format_ok(parsed: Parsed, truncated: bool, thinking: bool) -> bool:
@@ -86,7 +89,8 @@ def score_turn(sample: TurnSample, text: str, truncated: bool, thinking: bool) -
         arg_f1=argument_f1(parsed.tool_calls, ref.tool_calls) if ref.is_tool_call else 0.0,
         answer_f1=token_f1(parsed.answer, ref.content) if not ref.is_tool_call else 0.0,
         success=turn_success(parsed, truncated, ref),
-        reasoning_words=reasoning_words(parsed))
+        reasoning_words=reasoning_words(parsed),
+        reward=composite_reward(parsed, truncated, ref, thinking).total)
 
 
 def mean(values: list[float]) -> float:
@@ -115,6 +119,7 @@ def aggregate(results: list[TurnResult]) -> dict[str, float]:
         "turn_success": mean([r.success for r in results]),
         "conv_success": conversation_success(results),
         "reasoning_words": mean([r.reasoning_words for r in results]),
+        "reward": mean([r.reward for r in results]),
     }
 
 
@@ -144,8 +149,8 @@ def evaluate(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_
     return aggregate([score_turn(s, text, trunc, thinking) for s, (text, trunc) in zip(samples, outputs)])
 
 
-COLUMNS = ["format_rate", "decision_acc", "tool_name_acc", "exact_match", "arg_f1", "answer_f1", "turn_success",
-           "conv_success", "reasoning_words"]
+COLUMNS = ["reward", "format_rate", "decision_acc", "tool_name_acc", "exact_match", "arg_f1", "answer_f1",
+           "turn_success", "conv_success", "reasoning_words"]
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:

@@ -33,10 +33,11 @@ from tqdm import tqdm
 
 from data import DataError, TurnSample, load_turn_samples, render_prompt, resolve_data
 from lora import disable_adapters, inject_lora, lora_layers
-from model import ModelLoadError, load, load_checkpoint, save_checkpoint
+from model import load, save_checkpoint
 from rewards import RewardWeights, composite_reward
 from sampling import Generation, generate, positions
-from sft import finish, make_evaluator, resolve_defaults, resume_args, warmup_cosine
+from sft import (autocast, finish, make_evaluator, report_errors, resolve_defaults, resume_args, resume_state,
+                 warmup_cosine, weights_dtype)
 from toolcalls import parse_completion
 
 LOSS_AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
@@ -166,7 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", metavar="OUT", help="continue the run whose --out was OUT from its last checkpoint")
     # sampling
     p.add_argument("--group-size", type=int, default=8, help="G: completions per prompt")
-    p.add_argument("--prompts-per-step", type=int, default=8, help="B: turn samples per step")
+    p.add_argument("--prompts-per-step", type=int, default=16, help="B: turn samples per step")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--max-prompt-len", type=int, default=1024, help="longer prompts are left out of training")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -179,6 +180,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loss-agg", choices=LOSS_AGGREGATIONS, default="dapo")
     p.add_argument("--no-std-scale", action="store_true", help="advantages without division by the group std")
     p.add_argument("--num-iterations", type=int, default=1, help="policy updates per rollout batch (mu)")
+    p.add_argument("--keep-zero-variance", action="store_true",
+                   help="keep groups whose rewards are all equal (A = 0) in the update, for their KL term")
     p.add_argument("--micro-batch", type=int, default=32, help="sequences per forward/backward in the update")
     # reward
     for name, value in vars(RewardWeights()).items():
@@ -190,7 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--lr", type=float, default=None, help="default: 1e-4 tiny full fine-tuning, 1e-5 LoRA, 1e-6 full")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=5, help="optimizer updates of linear warmup, then constant")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much time")
@@ -204,19 +207,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> Path:
+def run(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
+    """Train and save; stop_after=k simulates a crash after step k (its checkpoint written, no final save)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps(vars(args), indent=1))
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    model, tokenizer = load(args.model, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
-                            device=device)
+    model, tokenizer = load(args.model, dtype=weights_dtype(device, args.lora_rank), device=device)
     frozen_ref = None
     if args.lora_rank:
         inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
     elif args.beta > 0:
-        frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
+        frozen_ref = copy.deepcopy(model).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
+        frozen_ref.eval().requires_grad_(False)
     if device.type == "cuda":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     thinking = args.thinking == "on"
@@ -226,10 +230,7 @@ def run(args: argparse.Namespace) -> Path:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, min_ratio=1.0))
-    state = {"step": 0, "train_seconds": 0.0}
-    if args.resume and (out / "checkpoint" / "state.json").exists():
-        state = load_checkpoint(out / "checkpoint", model, optimizer, scheduler)
-        print(f"resumed from {out / 'checkpoint'} at step {state['step']}", file=sys.stderr)
+    state = resume_state(args, out, model, optimizer, scheduler)
     evaluator = make_evaluator(args, tokenizer, thinking)
     if evaluator and state["step"] == 0:
         with (out / "log.jsonl").open("a") as log:
@@ -241,9 +242,8 @@ def run(args: argparse.Namespace) -> Path:
         batch_rng = random.Random(args.seed * 1_000_003 + step)   # the batch of step k is fixed: resumable
         generator.manual_seed(args.seed * 1_000_003 + step)
         chosen = batch_rng.sample(range(len(samples)), args.prompts_per_step)
-        record = grpo_step(model, tokenizer, frozen_ref, optimizer, params, [samples[i] for i in chosen],
+        record = grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, [samples[i] for i in chosen],
                            [prompts[i] for i in chosen], generator, args, thinking, weights)
-        scheduler.step()
         state["step"], state["train_seconds"] = step + 1, state["train_seconds"] + record["seconds"]["total"]
         if not record["finite"]:
             log.write(json.dumps(record) + "\n")
@@ -260,47 +260,58 @@ def run(args: argparse.Namespace) -> Path:
             break
         if (step + 1) % args.save_every == 0:
             save_checkpoint(out / "checkpoint", model, tokenizer, optimizer, scheduler, state)
+        if stop_after and step + 1 >= stop_after:
+            return None
     bar.close()
     log.close()
     return finish(model, tokenizer, out, args)
 
 
-def grpo_step(model, tokenizer, frozen_ref, optimizer, params, samples: list[TurnSample], prompts: list[list[int]],
-              generator: torch.Generator, args, thinking: bool, weights: RewardWeights) -> dict:
+def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, samples: list[TurnSample],
+              prompts: list[list[int]], generator: torch.Generator, args, thinking: bool, weights: RewardWeights) -> dict:
     """One GRPO step: rollout, rewards, advantages, reference log-probs, policy update(s)."""
     G, T = args.group_size, args.temperature or 1.0
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     model.eval()
-    gen = generate(model, prompts, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, group_size=G,
-                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                   generator=generator)
+    with autocast(device):
+        gen = generate(model, prompts, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, group_size=G,
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                       generator=generator)
     rewards = score_rollout(tokenizer, gen, samples, G, thinking, weights)
     totals = torch.tensor([r["total"] for r in rewards], dtype=torch.float32).view(-1, G)
     advantages = group_advantages(totals, scale_std=not args.no_std_scale).view(-1).to(device)
     t_rollout = time.perf_counter()
 
-    # the full sequences: left-padded prompt, then the completion (nothing after its EOS is attended or scored)
-    input_ids = torch.cat([gen.prompt_ids, gen.completion_ids], dim=1)
-    attention = torch.cat([gen.prompt_mask, gen.completion_mask], dim=1)
-    mask = gen.completion_mask.float()
+    # The full sequences: left-padded prompt, then the completion (nothing after its EOS is attended or scored).
+    # A group whose completions all scored the same has A = 0 and teaches nothing: as in DAPO's dynamic sampling
+    # it is left out of the reference and update passes (--keep-zero-variance keeps it, for its KL term).
+    informative_groups = totals.std(dim=1, unbiased=False) > 1e-8
+    rows = torch.arange(len(rewards)) if args.keep_zero_variance else \
+        informative_groups.repeat_interleave(G).nonzero().squeeze(-1)
+    input_ids = torch.cat([gen.prompt_ids, gen.completion_ids], dim=1)[rows]
+    attention = torch.cat([gen.prompt_mask, gen.completion_mask], dim=1)[rows]
+    start = int(attention.any(0).nonzero()[0]) if len(rows) else 0   # drop columns that are padding in every row
+    input_ids, attention = input_ids[:, start:].to(device), attention[:, start:].to(device)
+    mask, advantages = gen.completion_mask[rows].float().to(device), advantages[rows.to(device)]
     n_seq, n_tok, width = mask.shape[0], int(mask.sum()), gen.completion_ids.shape[1]
     micro = [slice(k, k + args.micro_batch) for k in range(0, n_seq, args.micro_batch)]
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device):
         ref_logp = None
-        if args.beta > 0:
+        if args.beta > 0 and n_seq:
             with reference_context(model, frozen_ref) as ref_model:
                 ref_logp = torch.cat([token_logprobs(ref_model, input_ids[s], attention[s], width, T) for s in micro])
         old_logp = torch.cat([token_logprobs(model, input_ids[s], attention[s], width, T) for s in micro]) \
-            if args.num_iterations > 1 else None   # mu > 1: the policy that sampled, computed once
+            if args.num_iterations > 1 and n_seq else None   # mu > 1: the policy that sampled, computed once
     t_ref = time.perf_counter()
 
     model.train()
     stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
-    finite = True
-    for _ in range(args.num_iterations):
+    finite, grad_norm = True, torch.tensor(0.0)
+    for _ in range(args.num_iterations if n_seq else 0):
         for s in micro:
-            logp = token_logprobs(model, input_ids[s], attention[s], width, T)
+            with autocast(device):
+                logp = token_logprobs(model, input_ids[s], attention[s], width, T)
             old = logp.detach() if old_logp is None else old_logp[s]   # mu = 1: ratio 1, gradient intact
             per_token, kl, clipped = clipped_policy_loss(logp, old, None if ref_logp is None else ref_logp[s],
                                                          advantages[s], args.beta, args.eps_low, args.eps_high)
@@ -315,21 +326,21 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, params, samples: list[Tur
             optimizer.zero_grad(set_to_none=True)
             break
         optimizer.step()
+        scheduler.step()   # the schedule counts optimizer updates
         optimizer.zero_grad(set_to_none=True)
     t_update = time.perf_counter()
 
-    zero_var = float((totals.std(dim=1, unbiased=False) <= 1e-8).float().mean())
     lengths = gen.completion_mask.sum(-1).float()
     return {
         "reward": {"total": float(totals.mean()), "std": float(totals.std(unbiased=False)),
                    **{k: mean_of(rewards, k) for k in ("format", "decision", "tool", "answer", "efficiency")}},
-        "zero_variance_groups": zero_var, "loss": stats["loss"], "kl": stats["kl"], "clip_fraction": stats["clipped"],
+        "zero_variance_groups": 1.0 - float(informative_groups.float().mean()), "loss": stats["loss"], "kl": stats["kl"], "clip_fraction": stats["clipped"],
         "grad_norm": float(grad_norm), "finite": finite,
         "completion_len": float(lengths.mean()), "truncated": float(gen.truncated.float().mean()),
         "reasoning_words": mean_of(rewards, "reasoning_words"),
         "seconds": {"rollout": t_rollout - t0, "reference": t_ref - t_rollout, "update": t_update - t_ref,
                     "total": t_update - t0},
-        "tokens_per_s": float(attention.sum()) / (t_update - t0),
+        "tokens_per_s": float(gen.prompt_mask.sum() + gen.completion_mask.sum()) / (t_update - t0),
     }
 
 
@@ -346,19 +357,11 @@ def load_prompts(args, tokenizer, thinking: bool) -> tuple[list[TurnSample], lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        args = resolve_defaults(resume_args(args), lr_full_tiny=1e-4, lr_lora=1e-5, lr_full=1e-6)
+    def body():
+        args = resolve_defaults(resume_args(parse_args(argv)), lr_full_tiny=1e-4, lr_lora=1e-5, lr_full=1e-6)
         args.data = resolve_data(args.data)
-        out = run(args)
-        print(f"saved {out}")
-    except (DataError, ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        print(f"saved {run(args)}")
+    return report_errors(body)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,43 @@ def tiny_random(seed: int = 0):
     return Qwen3ForCausalLM(tiny_config(tokenizer)), tokenizer
 
 
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    import socket
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def from_pretrained(source: str, dtype: torch.dtype):
+    """AutoModelForCausalLM + AutoTokenizer from a directory, the local hub cache, or the hub."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def both(local_only: bool):
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
+                                                     local_files_only=local_only)
+        return model, tokenizer
+    if Path(source).is_dir():
+        try:
+            return both(local_only=True)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"model '{source}': {str(e).splitlines()[0]}") from None
+    try:
+        return both(local_only=True)   # already in the hub cache
+    except OSError:
+        pass
+    if not hub_reachable():
+        raise ModelLoadError(f"model '{source}': the Hugging Face Hub cannot be reached and the model is not cached; "
+                             f"download it where the hub is reachable (huggingface-cli download {source} --local-dir "
+                             f"DIR), copy DIR here and pass --model DIR")
+    try:
+        return both(local_only=False)
+    except OSError as e:
+        raise ModelLoadError(f"model '{source}': {str(e).splitlines()[0]}") from None
+
+
 def load(name_or_dir: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
     """(model, tokenizer) for `tiny`, `tiny-random`, a local directory, or a hub id."""
     if name_or_dir == "tiny-random" or (name_or_dir == "tiny" and not (TINY_DIR / "config.json").exists()):
@@ -182,20 +219,10 @@ def load(name_or_dir: str, dtype: torch.dtype | None = None, device: str | torch
             print("notice: the pretrained tiny base (assets/tiny) is missing; using tiny-random", file=sys.stderr)
         model, tokenizer = tiny_random()
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
         source = str(TINY_DIR) if name_or_dir == "tiny" else name_or_dir
         if not Path(source).is_dir() and (source.startswith((".", "/")) or source.count("/") != 1):
             raise ModelLoadError(f"model '{name_or_dir}': no such directory (and not a hub id like Org/Name)")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, use_safetensors=True)
-        except OSError as e:
-            if Path(source).is_dir():
-                raise ModelLoadError(f"model '{name_or_dir}': {e}") from None
-            raise ModelLoadError(
-                f"model '{name_or_dir}': cannot reach the Hugging Face Hub or the model is not cached; "
-                f"download it elsewhere (huggingface-cli download {name_or_dir} --local-dir DIR) and pass "
-                f"--model DIR") from None
+        model, tokenizer = from_pretrained(source, dtype or torch.float32)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device=device, dtype=dtype or model.dtype), tokenizer

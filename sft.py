@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import DataError, TurnSample, convert_record, load_turn_samples, render_prompt, resolve_data
+from data import DataError, TurnSample, convert_record, load_turn_samples, read_records, render_prompt, resolve_data
 from lora import inject_lora, lora_layers, merge_lora, save_adapter
 from model import ModelLoadError, load, load_checkpoint, save, save_checkpoint
 
@@ -81,9 +81,9 @@ def encode_turn(tokenizer, sample: TurnSample, thinking: bool, max_len: int, whe
     return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
 
 
-def encode_whole(tokenizer, record: dict, max_len: int) -> Encoded:
+def encode_whole(tokenizer, record: dict, max_len: int, where: str = "stream") -> Encoded:
     """Pretraining: a whole conversation, every token supervised."""
-    conv = convert_record(record, "stream", "stream")
+    conv = convert_record(record, where, where)
     chat = ([{"role": "system", "content": conv.system}] if conv.system else []) + conv.messages
     tools = [{"type": "function", "function": t} for t in conv.tools] or None
     ids = tokenizer.apply_chat_template(chat, tools=tools, tokenize=False)
@@ -141,8 +141,12 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.1):
 # ----------------------------------------------------------------------------------------------
 # Data for a run
 # ----------------------------------------------------------------------------------------------
-def load_encoded(args, tokenizer) -> list[Encoded]:
-    """All training sequences of a finite data file for this mode."""
+def load_encoded(args, tokenizer, limit: int | None = None) -> list[Encoded]:
+    """The training sequences of a finite data file for this mode (the first `limit` of them)."""
+    if args.mode == "pretrain":
+        name = Path(args.data).name
+        return [encode_whole(tokenizer, r, args.max_len, f"{name}: record {i}")
+                for i, r in enumerate(read_records(args.data)[:limit])]
     samples, skipped = load_turn_samples(args.data, args.skip_bad)
     for err in skipped:
         print(f"skipped: {err}", file=sys.stderr)
@@ -154,11 +158,8 @@ def load_encoded(args, tokenizer) -> list[Encoded]:
         samples = with_reasoning
     if not samples:
         raise DataError(f"{Path(args.data).name}: no usable turn samples for mode {args.mode}")
-    if args.mode == "pretrain":
-        from data import read_records
-        return [encode_whole(tokenizer, r, args.max_len) for r in read_records(args.data)]
     encoded = [encode_turn(tokenizer, s, args.mode == "cold-start", args.max_len, f"{Path(args.data).name}: "
-                           f"sample {i} ({s.conversation_id})") for i, s in enumerate(samples)]
+                           f"sample {i} ({s.conversation_id})") for i, s in enumerate(samples[:limit])]
     if None in encoded:
         print(f"skipped {encoded.count(None)} samples whose target exceeds --max-len", file=sys.stderr)
     return [e for e in encoded if e is not None]
@@ -217,6 +218,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=float, default=1.0, help="passes over a finite data file")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs; "
                    "required for the pretraining stream)")
+    p.add_argument("--schedule-steps", type=int, default=None, help="length of the warmup + cosine schedule, when "
+                   "it differs from the steps run (to reproduce a run that --max-minutes stopped early)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much training time")
     p.add_argument("--warmup", type=int, default=20, help="linear warmup steps before the cosine decay")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
@@ -247,6 +250,17 @@ def resolve_defaults(args: argparse.Namespace, lr_full_tiny: float = 1e-3, lr_lo
     return args
 
 
+def weights_dtype(device: torch.device, lora_rank: int) -> torch.dtype:
+    """bf16 frozen weights under LoRA on a GPU (the adapters are fp32); fp32 weights whenever they are trained
+    (bf16 cannot hold an update of 1e-6 relative size), with bf16 autocast for the compute on a GPU."""
+    return torch.bfloat16 if device.type == "cuda" and lora_rank else torch.float32
+
+
+def autocast(device: torch.device):
+    """bf16 mixed precision on a GPU; a no-op on the CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def resume_args(args: argparse.Namespace) -> argparse.Namespace:
     """With --resume OUT, the run's own saved arguments (OUT/args.json), pointed back at OUT."""
     if not args.resume:
@@ -257,8 +271,22 @@ def resume_args(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**json.loads(saved.read_text()), "resume": args.resume, "out": args.resume})
 
 
+def resume_state(args, out: Path, model, optimizer, scheduler) -> dict:
+    """Restore the last checkpoint of OUT under --resume, and drop the log lines of the steps after it
+    (they are redone); a fresh run starts at step 0."""
+    if not (args.resume and (out / "checkpoint" / "state.json").exists()):
+        return {"step": 0, "train_seconds": 0.0}
+    state = load_checkpoint(out / "checkpoint", model, optimizer, scheduler)
+    log = out / "log.jsonl"
+    if log.exists():
+        kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
+        log.write_text("".join(line + "\n" for line in kept))
+    print(f"resumed from {out / 'checkpoint'} at step {state['step']}", file=sys.stderr)
+    return state
+
+
 def inspect_samples(args, tokenizer) -> None:
-    encoded = load_encoded(args, tokenizer)[:args.inspect]
+    encoded = load_encoded(args, tokenizer, limit=args.inspect)
     for i, e in enumerate(encoded):
         pieces, supervised = [], False
         for token, label in zip(e.input_ids, e.labels):
@@ -280,8 +308,7 @@ def run(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
     (out / "args.json").write_text(json.dumps(vars(args), indent=1))
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    model, tokenizer = load(args.model, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
-                            device=device)
+    model, tokenizer = load(args.model, dtype=weights_dtype(device, args.lora_rank), device=device)
     if args.lora_rank:
         inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
     if device.type == "cuda":  # activations dominate memory on a real model; recompute them in backward
@@ -291,11 +318,9 @@ def run(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
     total = args.max_steps or math.ceil(args.epochs * source.steps_per_epoch())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.schedule_steps or total))
     state = {"step": 0, "train_seconds": 0.0}
-    if args.resume and (out / "checkpoint" / "state.json").exists():
-        state = load_checkpoint(out / "checkpoint", model, optimizer, scheduler)
-        print(f"resumed from {out / 'checkpoint'} at step {state['step']}", file=sys.stderr)
+    state = resume_state(args, out, model, optimizer, scheduler)
     evaluator = make_evaluator(args, tokenizer, thinking=args.mode == "cold-start")
     log = (out / "log.jsonl").open("a")
     bar = tqdm(total=total, initial=state["step"], desc=f"sft {args.mode}", dynamic_ncols=True)
@@ -306,11 +331,14 @@ def run(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
         n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
         loss_sum = 0.0
         for b in batches:  # mean over all supervised tokens of the (accumulated) batch
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device):
                 nll, _ = masked_token_nll(model, **{k: v.to(device) for k, v in b.items()})
             (nll / n_tokens).backward()
             loss_sum += nll.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip)
+        if not (math.isfinite(loss_sum) and torch.isfinite(grad_norm)):  # stop before a bad update lands
+            raise FloatingPointError(f"loss or gradient is not finite at step {step + 1}; the update was not "
+                                     f"applied and the last good checkpoint is in {out / 'checkpoint'}")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -320,8 +348,6 @@ def run(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
         record = {"step": step + 1, "loss": loss_sum / n_tokens, "grad_norm": float(grad_norm),
                   "lr": scheduler.get_last_lr()[0], "tokens_per_s": seen / seconds,
                   "train_seconds": round(state["train_seconds"], 2)}
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"loss is {record['loss']} at step {step + 1}; last good checkpoint kept")
         done = step + 1 == total or (args.max_minutes and state["train_seconds"] > 60 * args.max_minutes)
         if evaluator and (done or (args.eval_every and (step + 1) % args.eval_every == 0)):
             record["eval"] = evaluator(model)
@@ -348,7 +374,7 @@ def finish(model, tokenizer, out: Path, args) -> Path:
         extra["adapter.safetensors"] = out / "adapter.safetensors"
         merge_lora(model)
     model.eval()
-    return save(model.to(torch.float32) if args.device == "cpu" else model, tokenizer, out, extra)
+    return save(model, tokenizer, out, extra)
 
 
 def make_evaluator(args, tokenizer, thinking: bool):
@@ -366,18 +392,11 @@ def make_evaluator(args, tokenizer, thinking: bool):
     return evaluator
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def report_errors(body) -> int:
+    """Run a CLI body: bad input or an unloadable model ends with one line and exit 2, a run that turned
+    NaN/inf with one line and exit 1 (its last good checkpoint kept); no traceback for either."""
     try:
-        args = resolve_defaults(resume_args(args))
-        args.data = resolve_data(args.data or DEFAULT_DATA[args.mode])
-        if args.inspect:
-            inspect_samples(args, load(args.model)[1])
-            return 0
-        if args.data == PRETRAIN_STREAM and not args.max_steps:
-            raise DataError("the pretraining stream is endless: pass --max-steps")
-        out = run(args)
-        print(f"saved {out}")
+        body()
     except (DataError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -385,6 +404,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body():
+        args = resolve_defaults(resume_args(parse_args(argv)))
+        args.data = resolve_data(args.data or DEFAULT_DATA[args.mode])
+        if args.inspect:
+            inspect_samples(args, load(args.model)[1])
+        elif args.data == PRETRAIN_STREAM and not args.max_steps:
+            raise DataError("the pretraining stream is endless: pass --max-steps")
+        else:
+            print(f"saved {run(args)}")
+    return report_errors(body)
 
 
 if __name__ == "__main__":

@@ -135,3 +135,13 @@ def test_held_out_users_and_orders_are_disjoint(demo_dir):
         return set(re.findall(pattern, json.dumps([r["conversations"] for r in json.loads(path.read_text())])))
     for pattern in (r"\bu\d{4}\b", r"\bW\d{5}\b"):
         assert not ids(demo_dir / "retail_train.json", pattern) & ids(demo_dir / "retail_test.json", pattern)
+
+
+def test_split_holds_out_whole_records(tmp_path):
+    recs = [record([{"from": "human", "value": str(i)}, {"from": "gpt", "value": "ok"}]) for i in range(10)]
+    path = write(tmp_path, recs)
+    assert data.main(["split", str(path), "--out", str(tmp_path / "s"), "--test", "3"]) == 0
+    train = json.loads((tmp_path / "s" / "train.json").read_text())
+    test = json.loads((tmp_path / "s" / "test.json").read_text())
+    assert len(train) == 7 and len(test) == 3
+    assert sorted(r["conversations"][0]["value"] for r in train + test) == sorted(str(i) for i in range(10))

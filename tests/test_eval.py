@@ -45,3 +45,16 @@ def test_aggregate_and_conversation_success_by_hand():
     assert m["conv_success"] == 1 / 2          # conversation a all right, b not
     assert conversation_success(results[:2]) == 1.0
     assert m["format_rate"] == 1.0 and m["reasoning_words"] == 0
+    # thinking off, efficiency 1: R = 0.1 + 0.2 + 0.6 x + 0.1 with x = 1, 1, 2/3 (value wrong: (1 + 1 + 0) / 3),
+    # and the wrong decision: 0.1 + 0 + 0.1
+    assert abs(m["reward"] - sum([1.0, 1.0, 0.4 + 0.6 * 2 / 3, 0.2]) / 4) < 1e-12
+
+
+def test_plot_series_and_moving_average(tmp_path):
+    import plot
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 0, "eval": {}}\n{"step": 1, "reward": {"total": 0.5}}\n{"step": 2, "reward": {"total": 1.0}}\n')
+    assert plot.series(log, "reward.total") == [(1, 0.5), (2, 1.0)]
+    assert plot.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert plot.main([str(log), "--key", "reward.total", "--out", str(tmp_path / "c.svg")]) == 0
+    assert (tmp_path / "c.svg").read_text().startswith("<svg")

@@ -118,3 +118,23 @@ def test_reference_is_the_policy_with_adapters_disabled():
             reference = token_logprobs(model, ids, attention, 4, 1.0)
         expected = token_logprobs(base, ids, attention, 4, 1.0)
     assert torch.equal(reference, expected) and not torch.allclose(policy, reference)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, demo_dir):
+    import json
+
+    import grpo
+    records = json.loads((demo_dir / "retail_train.json").read_text())[:4]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    common = ["--model", "tiny-random", "--data", str(tmp_path / "d.json"), "--steps", "4", "--group-size", "3",
+              "--prompts-per-step", "2", "--max-new-tokens", "8", "--save-every", "2", "--keep-zero-variance"]
+    assert grpo.main(common + ["--out", str(tmp_path / "full")]) == 0
+    cut = tmp_path / "cut"
+    grpo.run(grpo.resolve_defaults(grpo.parse_args(common + ["--out", str(cut)]), 1e-4, 1e-5, 1e-6), stop_after=3)
+    assert grpo.main(["--resume", str(cut)]) == 0
+    from safetensors.torch import load_file
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    initial = load("tiny-random")[0].state_dict()
+    assert any(not torch.equal(a[k], initial[k]) for k in a)   # the run did train
+    assert [json.loads(line)["step"] for line in (cut / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

@@ -42,8 +42,6 @@ def test_mask_covers_exactly_the_target(request, which, case):
 
 
 def test_loss_is_mean_over_supervised_tokens():
-    model = torch.nn.Module()
-    torch.manual_seed(0)
     from model import load
     model, tok = load("tiny-random")
     batch = collate([sft.Encoded([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8]), sft.Encoded([9, 10], [IGNORE, 10])], 0)
@@ -85,3 +83,36 @@ def test_resume_matches_uninterrupted_run(tmp_path, demo_dir):
     from safetensors.torch import load_file
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(cut / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (cut / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # steps after the checkpoint are not logged twice
+
+
+def test_nan_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, demo_dir, monkeypatch, capsys):
+    records = json.loads((demo_dir / "retail_train.json").read_text())[:6]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    real = sft.masked_token_nll
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):  # the third step's loss turns NaN
+        calls["n"] += 1
+        total, n = real(*args, **kwargs)
+        return (total * float("nan") if calls["n"] == 3 else total), n
+    monkeypatch.setattr(sft, "masked_token_nll", poisoned)
+    out = tmp_path / "o"
+    code = sft.main(["--mode", "base", "--model", "tiny-random", "--data", str(tmp_path / "d.json"), "--out", str(out),
+                     "--max-steps", "5", "--batch-size", "4", "--save-every", "2"])
+    assert code == 1 and "not finite at step 3" in capsys.readouterr().err
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2 and not (out / "model.safetensors").exists()
+    from safetensors.torch import load_file
+    assert all(torch.isfinite(t).all() for t in load_file(str(out / "checkpoint" / "model.safetensors")).values())
+
+
+def test_inspect_marks_the_supervised_span(demo_dir, capsys):
+    assert sft.main(["--inspect", "2", "--model", "tiny-random", "--data", str(demo_dir / "retail_train.json")]) == 0
+    out = capsys.readouterr().out
+    header, _, first = out.split("--- sample 1")[0].partition("\n")
+    assert "supervised" in header
+    marked = first[first.index("\u27e6") + 1:first.index("\u27e7")]
+    assert marked.endswith("<|im_end|>") and "<|im_start|>" not in marked   # exactly the action and its end
+    assert first.count("\u27e6") == 1
