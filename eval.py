@@ -4,8 +4,8 @@
 
 Each held-out turn is decoded greedily from its context and compared with the reference action:
 
-    format rate         well-formed output, finished with EOS, think block present iff thinking is on
-    decision accuracy   1[model called a tool] == 1[reference calls a tool]
+    format rate         well-formed output, finished with EOS, think block present iff thinking is on (r_format)
+    decision accuracy   1[model called a tool] == 1[reference calls a tool] (r_decision)
     tool-name accuracy  on reference tool-call turns: multiset of called names == reference names
     exact match         on reference tool-call turns: multiset of (name, arguments) == reference (order-free)
     argument F1         on reference tool-call turns: F1 of (name, key, value) triples
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from data import Action, DataError, TurnSample, load_turn_samples, render_prompt, resolve_data
 from model import ModelLoadError, load
 from sampling import generate
-from rewards import composite_reward
+from rewards import composite_reward, r_decision, r_format
 from toolcalls import Parsed, argument_f1, calls_match, names_match, parse_completion, token_f1
 
 ANSWER_F1_SUCCESS = 0.5  # an answer turn succeeds at token F1 >= 0.5: most reported values are right
@@ -54,42 +54,28 @@ class TurnResult:
     reward: float
 
 
-def format_ok(parsed: Parsed, truncated: bool, thinking: bool) -> bool:
-    """1[no parse error] * 1[ended with EOS] * 1[think block present == thinking on]."""
-    return parsed.well_formed and not truncated and (parsed.reasoning is not None) == thinking
-
-
-def decision_correct(parsed: Parsed, ref: Action) -> bool:
-    """1[the model called at least one tool] == 1[the reference calls a tool]."""
-    return bool(parsed.tool_calls) == ref.is_tool_call
-
-
 def turn_success(parsed: Parsed, truncated: bool, ref: Action) -> bool:
     """Well-formed, not truncated, right decision, and the right calls (exact) or a close answer."""
-    if not parsed.well_formed or truncated or not decision_correct(parsed, ref):
+    if not parsed.well_formed or truncated or not r_decision(parsed, ref):
         return False
     if ref.is_tool_call:
         return calls_match(parsed.tool_calls, ref.tool_calls)
     return token_f1(parsed.answer, ref.content) >= ANSWER_F1_SUCCESS
 
 
-def reasoning_words(parsed: Parsed) -> int:
-    return len(parsed.reasoning.split()) if parsed.reasoning else 0
-
-
 def score_turn(sample: TurnSample, text: str, truncated: bool, thinking: bool) -> TurnResult:
     parsed, ref = parse_completion(text), sample.target
     return TurnResult(
         conversation_id=sample.conversation_id,
-        format_ok=format_ok(parsed, truncated, thinking),
-        decision=decision_correct(parsed, ref),
+        format_ok=bool(r_format(parsed, truncated, thinking)),   # the metrics use the reward's own definitions
+        decision=bool(r_decision(parsed, ref)),
         ref_tool_call=ref.is_tool_call,
         name_ok=ref.is_tool_call and names_match(parsed.tool_calls, ref.tool_calls),
         exact=ref.is_tool_call and calls_match(parsed.tool_calls, ref.tool_calls),
         arg_f1=argument_f1(parsed.tool_calls, ref.tool_calls) if ref.is_tool_call else 0.0,
         answer_f1=token_f1(parsed.answer, ref.content) if not ref.is_tool_call else 0.0,
         success=turn_success(parsed, truncated, ref),
-        reasoning_words=reasoning_words(parsed),
+        reasoning_words=parsed.reasoning_words,
         reward=composite_reward(parsed, truncated, ref, thinking).total)
 
 

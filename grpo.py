@@ -141,7 +141,7 @@ def score_rollout(tokenizer, gen: Generation, samples: list[TurnSample], group_s
     for row, (ids, truncated) in enumerate(zip(gen.completion_lists(), gen.truncated.tolist())):
         parsed = parse_completion(tokenizer.decode(ids, skip_special_tokens=True))
         reward = composite_reward(parsed, truncated, samples[row // group_size].target, thinking, weights)
-        rewards.append({**reward.as_dict(), "reasoning_words": len((parsed.reasoning or "").split())})
+        rewards.append({**reward.as_dict(), "reasoning_words": parsed.reasoning_words})
     return rewards
 
 
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
                            [prompts[i] for i in chosen], generator, args, thinking, weights)
         state["step"], state["train_seconds"] = step + 1, state["train_seconds"] + record["seconds"]["total"]
         if not record["finite"]:
-            log.write(json.dumps(record) + "\n")
+            log.write(json.dumps({"step": step + 1, **record}) + "\n")
             raise FloatingPointError(f"non-finite loss or gradient at step {step + 1}; the update was not applied "
                                      f"and the last good checkpoint is in {out / 'checkpoint'}")
         done = step + 1 == args.steps or (args.max_minutes and state["train_seconds"] > 60 * args.max_minutes)

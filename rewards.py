@@ -105,7 +105,7 @@ def r_efficiency(parsed: Parsed, thinking: bool, budget: int) -> float:
     """
     if not thinking:
         return 1.0
-    n = len(parsed.reasoning.split()) if parsed.reasoning else 0
+    n = parsed.reasoning_words
     if n == 0:
         return 0.0
     return 1.0 if n <= budget else max(0.0, 1.0 - (n - budget) / budget)

@@ -38,6 +38,11 @@ class Parsed:
     def well_formed(self) -> bool:
         return not self.errors
 
+    @property
+    def reasoning_words(self) -> int:
+        """Length of the reasoning in whitespace-separated words (tokenizer-independent)."""
+        return len(self.reasoning.split()) if self.reasoning else 0
+
 
 def parse_call(body: str) -> tuple[dict | None, str | None]:
     """The JSON inside one <tool_call> block -> (call, None) or (None, what is wrong)."""

@@ -1,5 +1,7 @@
 from data import Action, TurnSample
-from eval import aggregate, conversation_success, decision_correct, format_ok, score_turn, turn_success
+from eval import aggregate, conversation_success, score_turn, turn_success
+from rewards import r_decision as decision_correct
+from rewards import r_format as format_ok
 from toolcalls import parse_completion
 
 CALL = '<tool_call>\n{"name": "get_order_details", "arguments": {"order_id": "W1"}}\n</tool_call>'
