@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from data import load_turn_samples, render_prompt, resolve_data
+from data import load_turn_samples, prompt_ids, resolve_data
 from grpo import grpo_step
 from lora import inject_lora
 from model import load
@@ -55,7 +55,7 @@ def bench_tiny(model_name: str) -> None:
     model, tok = load(model_name)
     model.eval()
     samples = load_turn_samples(resolve_data("demo:test"))[0][:8]
-    prompts = [tok(render_prompt(tok, s, True), add_special_tokens=False)["input_ids"] for s in samples]
+    prompts = [prompt_ids(tok, s, True) for s in samples]
     G, n_new = 8, 64
     print(f"# tiny model ({model_name}), {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     for label, temperature in (("greedy", 0.0), ("sampled T=1", 1.0)):
@@ -142,7 +142,7 @@ def bench_1_7b(qwen_tokenizer_dir: str | None, group: int, new_tokens: int, prom
     print(f"parameters {n_params / 1e9:.3f} B, LoRA {n_lora / 1e6:.2f} M, built in {time.perf_counter() - t0:.1f} s, "
           f"peak memory so far {peak_memory_gb(device):.2f} GiB")
     samples = load_turn_samples(resolve_data("demo:test"))[0][:1]
-    prompts = [tok(render_prompt(tok, samples[0], True), add_special_tokens=False)["input_ids"][-prompt_tokens:]]
+    prompts = [prompt_ids(tok, samples[0], True)[-prompt_tokens:]]
     opt = torch.optim.AdamW(params, lr=1e-5)
     args = grpo_args(group_size=group, max_new_tokens=new_tokens, micro_batch=group,
                      keep_zero_variance=True)   # a random model's rewards tie: keep them, to time every phase

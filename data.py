@@ -84,6 +84,11 @@ def render_prompt(tokenizer, sample: TurnSample, thinking: bool) -> str:
                                          add_generation_prompt=True, enable_thinking=thinking)
 
 
+def prompt_ids(tokenizer, sample: TurnSample, thinking: bool) -> list[int]:
+    """The rendered prompt's token ids, tokenised on its own exactly as at inference."""
+    return tokenizer(render_prompt(tokenizer, sample, thinking), add_special_tokens=False)["input_ids"]
+
+
 @dataclass
 class Conversation:
     conversation_id: str

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data import Action, DataError, TurnSample, load_turn_samples, render_prompt, resolve_data
+from data import Action, DataError, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from model import ModelLoadError, load
 from sampling import generate
 from rewards import composite_reward, r_decision, r_format
@@ -112,8 +112,7 @@ def aggregate(results: list[TurnResult]) -> dict[str, float]:
 def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_size: int,
                    max_new_tokens: int, progress: bool = False) -> list[tuple[str, bool]]:
     """Greedy completions (text, truncated) for each sample, batched by prompt length."""
-    prompts = [tokenizer(render_prompt(tokenizer, s, thinking), add_special_tokens=False)["input_ids"]
-               for s in samples]
+    prompts = [prompt_ids(tokenizer, s, thinking) for s in samples]
     order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
     outputs: list[tuple[str, bool]] = [("", True)] * len(samples)
     for k in tqdm(range(0, len(order), batch_size), desc="eval", disable=not progress, dynamic_ncols=True):

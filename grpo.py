@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data import DataError, TurnSample, load_turn_samples, render_prompt, resolve_data
+from data import DataError, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from lora import disable_adapters, inject_lora, lora_layers
 from model import load, save_checkpoint
 from rewards import RewardWeights, composite_reward
@@ -345,9 +345,8 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
 
 
 def load_prompts(args, tokenizer, thinking: bool) -> tuple[list[TurnSample], list[list[int]]]:
-    samples, skipped = load_turn_samples(args.data)
-    prompts = [tokenizer(render_prompt(tokenizer, s, thinking), add_special_tokens=False)["input_ids"]
-               for s in samples]
+    samples, _ = load_turn_samples(args.data)
+    prompts = [prompt_ids(tokenizer, s, thinking) for s in samples]
     keep = [i for i, p in enumerate(prompts) if len(p) <= args.max_prompt_len]
     if len(keep) < len(samples):
         print(f"left out {len(samples) - len(keep)} prompts longer than --max-prompt-len", file=sys.stderr)

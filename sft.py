@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data import DataError, TurnSample, convert_record, load_turn_samples, read_records, render_prompt, resolve_data
+from data import (DataError, TurnSample, convert_record, load_turn_samples, prompt_ids, read_records, render_prompt,
+                  resolve_data)
 from lora import inject_lora, lora_layers, merge_lora, save_adapter
 from model import ModelLoadError, load, load_checkpoint, save, save_checkpoint
 
@@ -73,7 +74,7 @@ def target_text(tokenizer, sample: TurnSample, thinking: bool, where: str = "") 
 def encode_turn(tokenizer, sample: TurnSample, thinking: bool, max_len: int, where: str = "") -> Encoded | None:
     """Prompt tokens get label -100, target tokens are their own labels. Too-long prompts lose their
     oldest tokens; a target longer than max_len gives None (skipped)."""
-    prompt = tokenizer(render_prompt(tokenizer, sample, thinking), add_special_tokens=False)["input_ids"]
+    prompt = prompt_ids(tokenizer, sample, thinking)
     target = tokenizer(target_text(tokenizer, sample, thinking, where), add_special_tokens=False)["input_ids"]
     if len(target) >= max_len:
         return None
