@@ -184,10 +184,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep groups whose rewards are all equal (A = 0) in the update, for their KL term")
     p.add_argument("--micro-batch", type=int, default=32, help="sequences per forward/backward in the update")
     # reward
-    for name, value in vars(RewardWeights()).items():
-        p.add_argument(f"--w-{name.replace('_', '-')}" if name != "think_budget" else "--think-budget",
-                       dest=f"w_{name}" if name != "think_budget" else "think_budget", type=type(value),
-                       default=value, help=f"reward {'weight of ' + name if name != 'think_budget' else 'budget (words)'}")
+    w = RewardWeights()  # defaults and their reasons: rewards.py and the README
+    p.add_argument("--w-format", type=float, default=w.format, help="weight of format compliance")
+    p.add_argument("--w-decision", type=float, default=w.decision, help="weight of the call-or-answer decision")
+    p.add_argument("--w-tool", type=float, default=w.tool, help="weight of tool accuracy (right decision only)")
+    p.add_argument("--w-answer", type=float, default=w.answer, help="weight of answer F1 (right decision only)")
+    p.add_argument("--w-efficiency", type=float, default=w.efficiency, help="weight of reasoning efficiency")
+    p.add_argument("--think-budget", type=int, default=w.think_budget, help="reasoning words with full efficiency")
     # optimisation
     p.add_argument("--lora-rank", type=int, default=None, help="0 = full fine-tuning (default: 0 tiny, 16 otherwise)")
     p.add_argument("--lora-alpha", type=float, default=32.0)
