@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from data import Action, DataError, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from model import ModelLoadError, load
-from sampling import generate
 from rewards import composite_reward, r_decision, r_format
+from sampling import generate
 from toolcalls import Parsed, argument_f1, calls_match, names_match, parse_completion, token_f1
 
 ANSWER_F1_SUCCESS = 0.5  # an answer turn succeeds at token F1 >= 0.5: most reported values are right

@@ -337,7 +337,8 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
     return {
         "reward": {"total": float(totals.mean()), "std": float(totals.std(unbiased=False)),
                    **{k: mean_of(rewards, k) for k in ("format", "decision", "tool", "answer", "efficiency")}},
-        "zero_variance_groups": 1.0 - float(informative_groups.float().mean()), "loss": stats["loss"], "kl": stats["kl"], "clip_fraction": stats["clipped"],
+        "zero_variance_groups": 1.0 - float(informative_groups.float().mean()),
+        "loss": stats["loss"], "kl": stats["kl"], "clip_fraction": stats["clipped"],
         "grad_norm": float(grad_norm), "finite": finite,
         "completion_len": float(lengths.mean()), "truncated": float(gen.truncated.float().mean()),
         "reasoning_words": mean_of(rewards, "reasoning_words"),

@@ -193,15 +193,11 @@ def from_pretrained(source: str, dtype: torch.dtype):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True,
                                                      local_files_only=local_only)
         return model, tokenizer
-    if Path(source).is_dir():
-        try:
-            return both(local_only=True)
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"model '{source}': {str(e).splitlines()[0]}") from None
     try:
-        return both(local_only=True)   # already in the hub cache
-    except OSError:
-        pass
+        return both(local_only=True)   # a directory, or a hub id already in the local cache
+    except (OSError, ValueError) as e:
+        if Path(source).is_dir():
+            raise ModelLoadError(f"model '{source}': {str(e).splitlines()[0]}") from None
     if not hub_reachable():
         raise ModelLoadError(f"model '{source}': the Hugging Face Hub cannot be reached and the model is not cached; "
                              f"download it where the hub is reachable (huggingface-cli download {source} --local-dir "

@@ -18,11 +18,11 @@ def series(path: str | Path, key: str) -> list[tuple[int, float]]:
     """(step, value) of every log line that has the dotted key, e.g. reward.total."""
     points = []
     for line in Path(path).read_text().splitlines():
-        value = json.loads(line)
+        record = value = json.loads(line)
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, (int, float)):
-            points.append((json.loads(line)["step"], float(value)))
+            points.append((record["step"], float(value)))
     return points
 
 

@@ -320,7 +320,6 @@ def run(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.schedule_steps or total))
-    state = {"step": 0, "train_seconds": 0.0}
     state = resume_state(args, out, model, optimizer, scheduler)
     evaluator = make_evaluator(args, tokenizer, thinking=args.mode == "cold-start")
     log = (out / "log.jsonl").open("a")
