@@ -19,7 +19,7 @@ stage data       python data.py demo --out $DEMO                  # retail: trai
 stage base_sft   python sft.py --mode base --model "$MODEL" --data "$TRAIN" --out "$OUT/sft" \
                      --epochs 3 --max-minutes 5 --seed $SEED                                   # stage 1: no thinking
 stage cold_start python sft.py --mode cold-start --model "$OUT/sft" --data "$COLD" --out "$OUT/cold" \
-                     --epochs 25 --batch-size 8 --warmup 5 --seed $SEED                        # stage 2: think, then act
+                     --epochs 25 --batch-size 8 --warmup 5 --seed $SEED                        # stage 2: think, then act (+ replay)
 stage grpo       python grpo.py --model "$OUT/cold" --data "$TRAIN" --out "$OUT/grpo" \
                      --steps 400 --max-minutes 5 --seed $SEED                                  # stage 3: composite reward
 stage eval       python eval.py --data "$TEST" --out "$OUT/results.json" \

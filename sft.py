@@ -17,12 +17,16 @@ tokenised separately, exactly as the prompt is tokenised at inference.
               is the action alone (never supervise an empty think block the model will not generate).
   cold-start: thinking on; the target is <think>\\n{reasoning}\\n</think>\\n\\n{action}. The set must hold
               fewer than 100 reasoning-annotated turns (the method's point) unless --allow-large-cold-start.
+              Earlier turns of a context lose their reasoning (GRPO and evaluation contexts carry none), and
+              each epoch mixes in --replay-ratio no-thinking base SFT samples per reasoning sample, so that
+              learning to think from a few examples does not erase the action policy of stage 1.
   pretrain:   loss on every token of whole conversations (builds the tiny base from tiny-random).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -142,6 +146,14 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.1):
 # ----------------------------------------------------------------------------------------------
 # Data for a run
 # ----------------------------------------------------------------------------------------------
+def without_history_reasoning(sample: TurnSample) -> TurnSample:
+    """The sample with the reasoning of its earlier assistant turns dropped. GRPO and evaluation contexts are
+    reference histories, which carry none; the cold start must see its contexts in that same form, or the
+    model learns to think only after turns that were themselves preceded by thinking."""
+    messages = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in sample.messages]
+    return dataclasses.replace(sample, messages=messages)
+
+
 def load_encoded(args, tokenizer, limit: int | None = None) -> list[Encoded]:
     """The training sequences of a finite data file for this mode (the first `limit` of them)."""
     if args.mode == "pretrain":
@@ -156,7 +168,7 @@ def load_encoded(args, tokenizer, limit: int | None = None) -> list[Encoded]:
         if len(with_reasoning) > MAX_COLD_START_TURNS and not args.allow_large_cold_start:
             raise DataError(f"{Path(args.data).name}: {len(with_reasoning)} reasoning-annotated turns; the cold "
                             f"start uses fewer than 100 (pass --allow-large-cold-start to train on them anyway)")
-        samples = with_reasoning
+        samples = [without_history_reasoning(s) for s in with_reasoning]
     if not samples:
         raise DataError(f"{Path(args.data).name}: no usable turn samples for mode {args.mode}")
     encoded = [encode_turn(tokenizer, s, args.mode == "cold-start", args.max_len, f"{Path(args.data).name}: "
@@ -164,6 +176,24 @@ def load_encoded(args, tokenizer, limit: int | None = None) -> list[Encoded]:
     if None in encoded:
         print(f"skipped {encoded.count(None)} samples whose target exceeds --max-len", file=sys.stderr)
     return [e for e in encoded if e is not None]
+
+
+def base_sft_data(model: str) -> str:
+    """The training data of a base SFT run of this script (its OUT/args.json): what the cold start replays."""
+    saved = Path(model, "args.json")
+    run = json.loads(saved.read_text()) if saved.exists() else {}
+    if run.get("mode") != "base":
+        raise DataError(f"--replay-data: not given, and {model} is not a base SFT output of sft.py (no args.json "
+                        f"with mode 'base'); pass the base SFT data file, or --replay-ratio 0")
+    return run["data"]
+
+
+def replay_samples(args) -> list[TurnSample]:
+    """Cold start with --replay-ratio > 0: the turn samples of the base SFT data, replayed without thinking."""
+    if args.mode != "cold-start" or not args.replay_ratio:
+        return []
+    samples, _ = load_turn_samples(args.replay_data, args.skip_bad)
+    return samples
 
 
 class BatchSource:
@@ -176,11 +206,19 @@ class BatchSource:
             self.stream, self.position = pretrain_stream(args.seed), 0
         else:
             self.stream, self.encoded = None, load_encoded(args, tokenizer)
-            self.per_epoch = math.ceil(len(self.encoded) / args.batch_size)
+            self.replay = replay_samples(args)
+            self.n_replay = min(len(self.replay), round(args.replay_ratio * len(self.encoded)))
+            self.per_epoch = math.ceil((len(self.encoded) + self.n_replay) / args.batch_size)
             self.epoch, self.batches = -1, []
 
     def steps_per_epoch(self) -> int | None:
         return None if self.stream else math.ceil(self.per_epoch / self.args.grad_accum)
+
+    def replayed(self, epoch: int) -> list[Encoded]:
+        """This epoch's fresh draw of no-thinking base SFT samples (encoded as in base mode)."""
+        chosen = random.Random(f"replay {self.args.seed} {epoch}").sample(self.replay, self.n_replay)
+        encoded = [encode_turn(self.tokenizer, s, False, self.args.max_len) for s in chosen]
+        return [e for e in encoded if e is not None]
 
     def batch(self, k: int) -> list[Encoded]:
         if self.stream:
@@ -190,8 +228,8 @@ class BatchSource:
             return [encode_whole(self.tokenizer, r, self.args.max_len) for r in records]
         epoch, index = divmod(k, self.per_epoch)
         if epoch != self.epoch:
-            self.epoch, self.batches = epoch, length_sorted_batches(self.encoded, self.args.batch_size,
-                                                                   self.args.seed, epoch)
+            self.epoch, self.batches = epoch, length_sorted_batches(self.encoded + self.replayed(epoch),
+                                                                   self.args.batch_size, self.args.seed, epoch)
         return self.batches[index]
 
 
@@ -230,6 +268,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-limit", type=int, default=200, help="held-out samples per evaluation")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N optimizer steps")
     p.add_argument("--allow-large-cold-start", action="store_true")
+    p.add_argument("--replay-ratio", type=float, default=3.0, help="cold start: no-thinking base SFT samples "
+                   "mixed into each epoch per reasoning sample, against forgetting the action policy; 0 = none")
+    p.add_argument("--replay-data", help="cold start: the base SFT data to replay (default: the data of the base "
+                   "SFT run that produced --model, from its args.json)")
     p.add_argument("--skip-bad", action="store_true", help="skip invalid records instead of failing")
     p.add_argument("--inspect", type=int, metavar="N", default=0,
                    help="print N rendered samples with the supervised span marked, then exit")
@@ -410,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     def body():
         args = resolve_defaults(resume_args(parse_args(argv)))
         args.data = resolve_data(args.data or DEFAULT_DATA[args.mode])
+        if args.mode == "cold-start" and args.replay_ratio and not args.inspect:
+            args.replay_data = resolve_data(args.replay_data or base_sft_data(args.model))
         if args.inspect:
             inspect_samples(args, load(args.model)[1])
         elif args.data == PRETRAIN_STREAM and not args.max_steps:

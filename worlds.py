@@ -18,6 +18,7 @@ that trace is the action's reasoning.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections import ChainMap
@@ -125,14 +126,15 @@ class Domain:
         return json.dumps([t.schema() for t in self.tools.values()])
 
 
-def conversation(domain: Domain, db: dict, customer: dict, rng: random.Random, think: bool = False) -> dict:
-    """Greeting (often), one or two tasks, closing (often): one APIGen-MT-5k record."""
+def conversation(domain: Domain, db: dict, customer: dict, rng: random.Random, think: bool = False,
+                 tasks: list[Callable[[Dialog, dict], None]] | None = None) -> dict:
+    """Greeting (often), one or two tasks (random unless given), closing (often): one APIGen-MT-5k record."""
     d = Dialog(domain, db, rng, think)
     if rng.random() < 0.6:
         d.user(rng.choice(GREETINGS))
         d.say("Hello! How can I help you today?",
               "The user is greeting me and has not asked for anything yet, so no tool is needed.")
-    for task in rng.sample(domain.tasks, rng.choice([1, 1, 2])):
+    for task in tasks or rng.sample(domain.tasks, rng.choice([1, 1, 2])):
         task(d, customer)
     if rng.random() < 0.6:
         d.user(rng.choice(THANKS))
@@ -866,8 +868,10 @@ def retail_splits(seed: int = 0, n_train: int = 2000, n_test: int = 200, cold_st
                   ) -> dict[str, list[dict]]:
     """Retail train / test / cold-start records. Test users (and so their orders) never appear in train.
 
-    The cold-start set is whole conversations from the training users and flows, with a reasoning trace
-    on every assistant turn, added until one more would reach `cold_start_turns` assistant turns.
+    The cold-start set is whole conversations of training users with a reasoning trace on every assistant
+    turn, one task each, the tasks taken in turn so that every flow is annotated about equally often (as a
+    person curating fewer than 100 examples would), added until one more would reach `cold_start_turns`
+    assistant turns.
     """
     rng = random.Random(seed)
     db = retail_db(rng, RETAIL_USERS)
@@ -876,8 +880,9 @@ def retail_splits(seed: int = 0, n_train: int = 2000, n_test: int = 200, cold_st
     train = [conversation(RETAIL, db, rng.choice(train_users), rng) for _ in range(n_train)]
     test = [conversation(RETAIL, db, rng.choice(test_users), rng) for _ in range(n_test)]
     cold, turns = [], 0
-    while True:
-        record = conversation(RETAIL, db, rng.choice(train_users), rng, think=True)
+    for k in itertools.count():
+        task = RETAIL.tasks[k % len(RETAIL.tasks)]
+        record = conversation(RETAIL, db, rng.choice(train_users), rng, think=True, tasks=[task])
         n = sum(1 for t in record["conversations"] if t["from"] == "gpt")
         if turns + n >= cold_start_turns:
             break

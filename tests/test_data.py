@@ -129,6 +129,14 @@ def test_demo_is_deterministic_and_sized(demo_dir, tmp_path):
     assert len(cold) < 100 and all(s.target.reasoning for s in cold)
 
 
+def test_cold_start_annotates_every_retail_tool(demo_dir):
+    from worlds import RETAIL
+    cold, _ = load_turn_samples(demo_dir / "retail_cold_start.json")
+    called = [c["name"] for s in cold for c in s.target.tool_calls]
+    assert set(called) == set(RETAIL.tools)                       # every flow of the task is annotated
+    assert sum(not s.target.is_tool_call for s in cold) > len(cold) / 4  # and direct answers too
+
+
 def test_held_out_users_and_orders_are_disjoint(demo_dir):
     def ids(path, pattern):  # ids in the dialogues (the tool schemas' examples like u1234 are shared text)
         import re

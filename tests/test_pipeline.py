@@ -23,6 +23,8 @@ def run_all_stages(model: str, data, out, lora: list[str]):
     assert sft.main(["--mode", "cold-start", "--model", str(out / "sft"), "--data",
                      str(data / "retail_cold_start.json"), "--out", str(out / "cold"), "--max-steps", "2",
                      "--batch-size", "4", *lora]) == 0
+    cold_args = json.loads((out / "cold" / "args.json").read_text())  # replays the base run's own data
+    assert cold_args["replay_ratio"] > 0 and cold_args["replay_data"] == str(data / "retail_train.json")
     assert grpo.main(["--model", str(out / "cold"), "--data", str(data / "retail_train.json"), "--out",
                       str(out / "grpo"), "--steps", "2", "--group-size", "2", "--prompts-per-step", "2",
                       "--max-new-tokens", "12", "--eval-data", str(data / "retail_test.json"), "--eval-limit", "2",

@@ -55,7 +55,7 @@ def test_cold_start_refuses_large_sets(tmp_path, demo_dir, capsys):
     records = json.loads((demo_dir / "retail_cold_start.json").read_text())
     (tmp_path / "big.json").write_text(json.dumps(records * 2))
     code = sft.main(["--mode", "cold-start", "--model", "tiny-random", "--data", str(tmp_path / "big.json"),
-                     "--out", str(tmp_path / "o")])
+                     "--out", str(tmp_path / "o"), "--replay-ratio", "0"])
     assert code == 2 and "fewer than 100" in capsys.readouterr().err
 
 
@@ -116,3 +116,64 @@ def test_inspect_marks_the_supervised_span(demo_dir, capsys):
     marked = first[first.index("\u27e6") + 1:first.index("\u27e7")]
     assert marked.endswith("<|im_end|>") and "<|im_start|>" not in marked   # exactly the action and its end
     assert first.count("\u27e6") == 1
+
+
+def write_json(path, records):
+    path.write_text(json.dumps(records))
+    return path
+
+
+def cold_args(data, *extra):
+    return sft.resolve_defaults(sft.parse_args(["--mode", "cold-start", "--model", "tiny-random", "--data", str(data),
+                                                *extra]))
+
+
+def test_cold_start_contexts_drop_earlier_reasoning(tmp_path, tiny_tokenizer):
+    record = {"tools": json.dumps(TOOLS), "system": "S", "conversations": [
+        {"from": "human", "value": "Where is order W12345?"},
+        {"from": "gpt", "value": "<think>\nFIRST THOUGHT\n</think>"},
+        {"from": "function_call", "value": json.dumps(CALL)},
+        {"from": "observation", "value": '{"status": "pending"}'},
+        {"from": "gpt", "value": "<think>\nSECOND THOUGHT\n</think>\n\nIt is pending."}]}
+    args = cold_args(write_json(tmp_path / "c.json", [record]), "--replay-ratio", "0")
+    first, second = sft.load_encoded(args, tiny_tokenizer)
+    prompt = tiny_tokenizer.decode([t for t, label in zip(second.input_ids, second.labels) if label == IGNORE])
+    target = tiny_tokenizer.decode([t for t, label in zip(second.input_ids, second.labels) if label != IGNORE])
+    assert "FIRST THOUGHT" not in prompt   # as in a reference history at GRPO / evaluation time
+    assert prompt.endswith("<|im_start|>assistant\n" + CALL_TEXT + "<|im_end|>\n<|im_start|>user\n<tool_response>\n"
+                           '{"status": "pending"}\n</tool_response><|im_end|>\n<|im_start|>assistant\n')
+    assert target == "<think>\nSECOND THOUGHT\n</think>\n\nIt is pending.<|im_end|>"
+    assert "FIRST THOUGHT" in tiny_tokenizer.decode(first.input_ids)  # the first turn keeps its own reasoning
+
+
+def test_replay_mixes_fresh_no_thinking_base_samples_into_each_epoch(tmp_path, demo_dir, tiny_tokenizer):
+    cold = json.loads((demo_dir / "retail_cold_start.json").read_text())[:3]
+    n_cold = sum(t["from"] == "gpt" for r in cold for t in r["conversations"])
+    args = cold_args(write_json(tmp_path / "c.json", cold), "--replay-ratio", "2", "--batch-size", "4",
+                     "--replay-data", str(demo_dir / "retail_train.json"))
+    source = sft.BatchSource(args, tiny_tokenizer)
+
+    def epoch(e):
+        return [seq for k in range(e * source.per_epoch, (e + 1) * source.per_epoch) for seq in source.batch(k)]
+
+    def split(seq):
+        cut = next(i for i, label in enumerate(seq.labels) if label != IGNORE)
+        return tiny_tokenizer.decode(seq.input_ids[:cut]), tiny_tokenizer.decode(seq.input_ids[cut:])
+    first = [split(seq) for seq in epoch(0)]
+    thinking = [(p, t) for p, t in first if t.startswith("<think>\n")]
+    replayed = [(p, t) for p, t in first if not t.startswith("<think>")]
+    assert len(thinking) == n_cold and len(replayed) == 2 * n_cold
+    assert all(p.endswith("<|im_start|>assistant\n") for p, _ in thinking)
+    assert all(p.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") for p, _ in replayed)  # base-SFT form
+    again = [split(seq) for seq in epoch(1)]
+    assert {t for _, t in again if not t.startswith("<think>")} != {t for _, t in replayed}  # a fresh draw
+
+
+def test_replay_data_defaults_to_the_base_runs_data(tmp_path, demo_dir, capsys):
+    base = tmp_path / "sft"
+    base.mkdir()
+    (base / "args.json").write_text(json.dumps({"mode": "base", "data": str(demo_dir / "retail_train.json")}))
+    assert sft.base_sft_data(str(base)) == str(demo_dir / "retail_train.json")
+    code = sft.main(["--mode", "cold-start", "--model", "tiny-random", "--data",
+                     str(demo_dir / "retail_cold_start.json"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "--replay-data: not given, and tiny-random is not a base SFT output" in capsys.readouterr().err
