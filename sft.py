@@ -215,10 +215,14 @@ class BatchSource:
         return None if self.stream else math.ceil(self.per_epoch / self.args.grad_accum)
 
     def replayed(self, epoch: int) -> list[Encoded]:
-        """This epoch's fresh draw of no-thinking base SFT samples (encoded as in base mode)."""
-        chosen = random.Random(f"replay {self.args.seed} {epoch}").sample(self.replay, self.n_replay)
-        encoded = [encode_turn(self.tokenizer, s, False, self.args.max_len) for s in chosen]
-        return [e for e in encoded if e is not None]
+        """This epoch's fresh draw of n_replay no-thinking base SFT samples (encoded as in base mode); a sample
+        whose target exceeds --max-len is passed over for the next one, so every epoch has the same size."""
+        rng = random.Random(f"replay {self.args.seed} {epoch}")
+        drawn = rng.sample(range(len(self.replay)), self.n_replay)
+        spare = sorted(set(range(len(self.replay))) - set(drawn))
+        rng.shuffle(spare)  # stand-ins, in random order, for drawn samples that are too long
+        encoded = (encode_turn(self.tokenizer, self.replay[i], False, self.args.max_len) for i in drawn + spare)
+        return list(itertools.islice((e for e in encoded if e is not None), self.n_replay))
 
     def batch(self, k: int) -> list[Encoded]:
         if self.stream:

@@ -177,3 +177,16 @@ def test_replay_data_defaults_to_the_base_runs_data(tmp_path, demo_dir, capsys):
     code = sft.main(["--mode", "cold-start", "--model", "tiny-random", "--data",
                      str(demo_dir / "retail_cold_start.json"), "--out", str(tmp_path / "o")])
     assert code == 2 and "--replay-data: not given, and tiny-random is not a base SFT output" in capsys.readouterr().err
+
+
+def test_replay_passes_over_samples_too_long_and_keeps_the_epoch_size(tmp_path, demo_dir, tiny_tokenizer):
+    cold = json.loads((demo_dir / "retail_cold_start.json").read_text())[:3]
+    args = cold_args(write_json(tmp_path / "c.json", cold), "--replay-ratio", "2", "--replay-data",
+                     str(demo_dir / "retail_train.json"))
+    source = sft.BatchSource(args, tiny_tokenizer)
+    source.args.max_len = 20   # about one base SFT target in ten is longer than this (checked below)
+    pool = [encode_turn(tiny_tokenizer, s, False, 20) for s in source.replay[:200]]
+    assert 0 < pool.count(None) < len(pool) / 2
+    replayed = source.replayed(0)
+    assert len(replayed) == source.n_replay == 2 * len(source.encoded)
+    assert all(len(seq.input_ids) <= 20 for seq in replayed)
