@@ -188,9 +188,14 @@ def base_sft_data(model: str) -> str:
     return run["data"]
 
 
+def replays(args) -> bool:
+    """Whether this run mixes base SFT samples into its epochs: a cold start with a nonzero --replay-ratio."""
+    return args.mode == "cold-start" and bool(args.replay_ratio)
+
+
 def replay_samples(args) -> list[TurnSample]:
-    """Cold start with --replay-ratio > 0: the turn samples of the base SFT data, replayed without thinking."""
-    if args.mode != "cold-start" or not args.replay_ratio:
+    """The turn samples of the base SFT data, replayed without thinking (none unless the run replays)."""
+    if not replays(args):
         return []
     samples, _ = load_turn_samples(args.replay_data, args.skip_bad)
     return samples
@@ -456,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     def body():
         args = resolve_defaults(resume_args(parse_args(argv)))
         args.data = resolve_data(args.data or DEFAULT_DATA[args.mode])
-        if args.mode == "cold-start" and args.replay_ratio and not args.inspect:
+        if replays(args) and not args.inspect:
             args.replay_data = resolve_data(args.replay_data or base_sft_data(args.model))
         if args.inspect:
             inspect_samples(args, load(args.model)[1])
