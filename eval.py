@@ -26,12 +26,14 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from data import Action, DataError, TurnSample, load_turn_samples, prompt_ids, resolve_data
-from model import ModelLoadError, load
+from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data
+from cli import run_cli
+from model import load, trained_as
 from rewards import composite_reward, r_decision, r_format
 from sampling import generate
 from toolcalls import Parsed, argument_f1, calls_match, names_match, parse_completion, token_f1
@@ -134,6 +136,15 @@ def evaluate(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_
     return aggregate([score_turn(s, text, trunc, thinking) for s, (text, trunc) in zip(samples, outputs)])
 
 
+def held_out_evaluator(data: str | None, limit: int, tokenizer, thinking: bool) -> Callable | None:
+    """A function model -> held-out metrics on the first `limit` turn samples of `data` (what a training run
+    evaluates every --eval-every steps), or None without data."""
+    if not data:
+        return None
+    samples = load_turn_samples(resolve_data(data))[0][:limit]
+    return lambda model: evaluate(model, tokenizer, samples, thinking=thinking)
+
+
 COLUMNS = ["reward", "format_rate", "decision_acc", "tool_name_acc", "exact_match", "arg_f1", "answer_f1",
            "turn_success", "conv_success", "reasoning_words"]
 
@@ -162,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     names = args.name or args.model
     if len(names) != len(args.model):
-        print("error: give one --name per --model", file=sys.stderr)
-        return 2
-    try:
+        p.error("give one --name per --model")
+
+    def body():
         samples = load_turn_samples(resolve_data(args.data))[0][:args.limit]
         rows = {}
         for name, model_name in zip(names, args.model):
@@ -174,22 +185,16 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = evaluate(model, tokenizer, samples, thinking, args.batch_size, args.max_new_tokens,
                                   progress=True)
             rows[name].update(thinking=thinking, seconds=round(time.perf_counter() - t0, 1))
-    except (DataError, ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_table(rows))
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
-    return 0
+        print(format_table(rows))
+        if args.out:
+            Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    return run_cli(body)
 
 
 def thinking_model(model_name: str) -> bool:
-    """Whether a model directory was trained to think (cold start or GRPO after it), from its args.json."""
-    args_file = Path(model_name, "args.json")
-    if not args_file.exists():
-        return False
-    saved = json.loads(args_file.read_text())
-    return saved.get("mode") == "cold-start" or saved.get("thinking") == "on"
+    """Whether a model directory was trained to think (cold start, or GRPO after it), from its args.json."""
+    run = trained_as(model_name)
+    return run.get("mode") == "cold-start" or run.get("thinking") == "on"
 
 
 if __name__ == "__main__":

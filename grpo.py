@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
 import random
 import sys
 import time
@@ -29,18 +27,19 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from cli import run_cli
 from data import DataError, TurnSample, load_turn_samples, prompt_ids, resolve_data
-from lora import disable_adapters, inject_lora, lora_layers
-from model import load, save_checkpoint
+from eval import held_out_evaluator
+from lora import disable_adapters
 from rewards import RewardWeights, composite_reward
+from runs import Run, add_run_arguments, autocast, load_for_training, optimizer_step, resolve_defaults, resume_args, warmup_cosine
 from sampling import Generation, generate, positions
-from sft import (autocast, finish, make_evaluator, report_errors, resolve_defaults, resume_args, resume_state,
-                 warmup_cosine, weights_dtype)
 from toolcalls import parse_completion
 
 LOSS_AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
+# Learning rate when --lr is not given: RL steps are noisier than SFT steps, so each is 10x below sft.py's.
+LR_DEFAULTS = {"tiny": 1e-4, "lora": 1e-5, "full": 1e-6}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,10 +160,9 @@ def reference_context(model, frozen_ref):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GRPO with a composite reward for tool-calling agents.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_run_arguments(p, out="runs/grpo", save_every=50)
     p.add_argument("--model", default="tiny", help="start policy: the cold-start model directory, or a hub id")
     p.add_argument("--data", default="demo:train", help="training turn samples: APIGen-MT-5k file or demo split")
-    p.add_argument("--out", default="runs/grpo", help="output directory (a valid --model when done)")
-    p.add_argument("--resume", metavar="OUT", help="continue the run whose --out was OUT from its last checkpoint")
     # sampling
     p.add_argument("--group-size", type=int, default=8, help="G: completions per prompt")
     p.add_argument("--prompts-per-step", type=int, default=16, help="B: turn samples per step")
@@ -192,40 +190,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--w-efficiency", type=float, default=w.efficiency, help="weight of reasoning efficiency")
     p.add_argument("--think-budget", type=int, default=w.think_budget, help="reasoning words with full efficiency")
     # optimisation
-    p.add_argument("--lora-rank", type=int, default=None, help="0 = full fine-tuning (default: 0 tiny, 16 otherwise)")
-    p.add_argument("--lora-alpha", type=float, default=32.0)
-    p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--lr", type=float, default=None, help="default: 1e-4 tiny full fine-tuning, 1e-5 LoRA, 1e-6 full")
+    p.add_argument("--lr", type=float, default=None, help="default (LR_DEFAULTS): 1e-4 tiny full fine-tuning, "
+                   "1e-5 LoRA, 1e-6 full fine-tuning of real models")
     p.add_argument("--warmup", type=int, default=5, help="optimizer updates of linear warmup, then constant")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much time")
-    # evaluation and bookkeeping
-    p.add_argument("--eval-data", help="held-out turn samples")
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--eval-limit", type=int, default=200)
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return resolve_defaults(resume_args(p.parse_args(argv)), LR_DEFAULTS)
 
 
-def run(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
-    """Train and save; stop_after=k simulates a crash after step k (its checkpoint written, no final save)."""
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps(vars(args), indent=1))
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    model, tokenizer = load(args.model, dtype=weights_dtype(device, args.lora_rank), device=device)
-    frozen_ref = None
-    if args.lora_rank:
-        inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
-    elif args.beta > 0:
+def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
+    """Train and save (see runs.Run); stop_after=k simulates a kill after step k."""
+    run = Run(args, "grpo", progress=("reward.total", "kl"), stop_after=stop_after)
+    model, tokenizer = load_for_training(args)
+    frozen_ref = None   # under LoRA the reference is the same model with its adapters disabled
+    if not args.lora_rank and args.beta > 0:
+        device = next(model.parameters()).device
         frozen_ref = copy.deepcopy(model).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
         frozen_ref.eval().requires_grad_(False)
-    if device.type == "cuda":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     thinking = args.thinking == "on"
     weights = RewardWeights(args.w_format, args.w_decision, args.w_tool, args.w_answer, args.w_efficiency,
                             args.think_budget)
@@ -233,41 +213,17 @@ def run(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, min_ratio=1.0))
-    state = resume_state(args, out, model, optimizer, scheduler)
-    evaluator = make_evaluator(args, tokenizer, thinking)
-    if evaluator and state["step"] == 0:
-        with (out / "log.jsonl").open("a") as log:
-            log.write(json.dumps({"step": 0, "eval": evaluator(model)}) + "\n")
-    generator = torch.Generator(device=device)
-    log = (out / "log.jsonl").open("a")
-    bar = tqdm(total=args.steps, initial=state["step"], desc="grpo", dynamic_ncols=True)
-    for step in range(state["step"], args.steps):
+    evaluator = held_out_evaluator(args.eval_data, args.eval_limit, tokenizer, thinking)
+    generator = torch.Generator(device=args.device)
+    for step in range(run.start(args.steps, model, tokenizer, optimizer, scheduler, evaluator), args.steps):
         batch_rng = random.Random(args.seed * 1_000_003 + step)   # the batch of step k is fixed: resumable
         generator.manual_seed(args.seed * 1_000_003 + step)
         chosen = batch_rng.sample(range(len(samples)), args.prompts_per_step)
         record = grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, [samples[i] for i in chosen],
                            [prompts[i] for i in chosen], generator, args, thinking, weights)
-        state["step"], state["train_seconds"] = step + 1, state["train_seconds"] + record["seconds"]["total"]
-        if not record["finite"]:
-            log.write(json.dumps({"step": step + 1, **record}) + "\n")
-            raise FloatingPointError(f"non-finite loss or gradient at step {step + 1}; the update was not applied "
-                                     f"and the last good checkpoint is in {out / 'checkpoint'}")
-        done = step + 1 == args.steps or (args.max_minutes and state["train_seconds"] > 60 * args.max_minutes)
-        if evaluator and (done or (args.eval_every and (step + 1) % args.eval_every == 0)):
-            record["eval"] = evaluator(model)
-        log.write(json.dumps({"step": step + 1, **record}) + "\n")
-        log.flush()
-        bar.set_postfix(reward=f"{record['reward']['total']:.3f}", kl=f"{record['kl']:.4f}")
-        bar.update(1)
-        if done:
+        if run.end_step(step + 1, record):
             break
-        if (step + 1) % args.save_every == 0:
-            save_checkpoint(out / "checkpoint", model, tokenizer, optimizer, scheduler, state)
-        if stop_after and step + 1 >= stop_after:
-            return None
-    bar.close()
-    log.close()
-    return finish(model, tokenizer, out, args)
+    return run.finish()
 
 
 def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, samples: list[TurnSample],
@@ -310,7 +266,7 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
 
     model.train()
     stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
-    finite, grad_norm = True, torch.tensor(0.0)
+    finite, grad_norm = True, 0.0
     for _ in range(args.num_iterations if n_seq else 0):
         for s in micro:
             with autocast(device):
@@ -323,14 +279,9 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
             stats["loss"] += loss.item() / args.num_iterations
             stats["kl"] += float((kl.detach() * mask[s]).sum()) / max(n_tok, 1) / args.num_iterations
             stats["clipped"] += float((clipped.float() * mask[s]).sum()) / max(n_tok, 1) / args.num_iterations
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip)
-        if not (math.isfinite(stats["loss"]) and torch.isfinite(grad_norm)):
-            finite = False
-            optimizer.zero_grad(set_to_none=True)
+        grad_norm, finite = optimizer_step(optimizer, scheduler, params, args.clip, stats["loss"])
+        if not finite:
             break
-        optimizer.step()
-        scheduler.step()   # the schedule counts optimizer updates
-        optimizer.zero_grad(set_to_none=True)
     t_update = time.perf_counter()
 
     lengths = gen.completion_mask.sum(-1).float()
@@ -339,7 +290,7 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
                    **{k: mean_of(rewards, k) for k in ("format", "decision", "tool", "answer", "efficiency")}},
         "zero_variance_groups": 1.0 - float(informative_groups.float().mean()),
         "loss": stats["loss"], "kl": stats["kl"], "clip_fraction": stats["clipped"],
-        "grad_norm": float(grad_norm), "finite": finite,
+        "grad_norm": grad_norm, "finite": finite,
         "completion_len": float(lengths.mean()), "truncated": float(gen.truncated.float().mean()),
         "reasoning_words": mean_of(rewards, "reasoning_words"),
         "seconds": {"rollout": t_rollout - t0, "reference": t_ref - t_rollout, "update": t_update - t_ref,
@@ -361,10 +312,10 @@ def load_prompts(args, tokenizer, thinking: bool) -> tuple[list[TurnSample], lis
 
 def main(argv: list[str] | None = None) -> int:
     def body():
-        args = resolve_defaults(resume_args(parse_args(argv)), lr_full_tiny=1e-4, lr_lora=1e-5, lr_full=1e-6)
+        args = parse_args(argv)
         args.data = resolve_data(args.data)
-        print(f"saved {run(args)}")
-    return report_errors(body)
+        print(f"saved {train(args)}")
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import math
 import random
 import sys
@@ -38,17 +37,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from cli import run_cli
 from data import (DataError, TurnSample, convert_record, load_turn_samples, prompt_ids, read_records, render_prompt,
                   resolve_data)
-from lora import inject_lora, lora_layers, merge_lora, save_adapter
-from model import ModelLoadError, load, load_checkpoint, save, save_checkpoint
+from eval import held_out_evaluator
+from model import load, trained_as
+from pretrain_worlds import pretrain_stream
+from runs import Run, add_run_arguments, autocast, load_for_training, optimizer_step, resolve_defaults, resume_args, warmup_cosine
 
 IGNORE = -100
 PRETRAIN_STREAM = "demo:pretrain-stream"
 MAX_COLD_START_TURNS = 99  # "fewer than 100 examples" (the paper)
 DEFAULT_DATA = {"base": "demo:train", "cold-start": "demo:cold_start", "pretrain": PRETRAIN_STREAM}
+# Peak learning rate when --lr is not given: full fine-tuning of a tiny model learns fast at 1e-3; LoRA on a real
+# model at 2e-4 and full fine-tuning of a real model at 1e-5 are the usual SFT rates for models of 1-8 B.
+LR_DEFAULTS = {"tiny": 1e-3, "lora": 2e-4, "full": 1e-5}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,14 +137,24 @@ def masked_token_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return F.cross_entropy(logits, targets[supervised], reduction="sum"), supervised.sum()
 
 
-def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.1):
-    """lr multiplier: linear 0 -> 1 over `warmup` steps, then cosine 1 -> min_ratio at `total`."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
+def sft_step(model, optimizer, scheduler, params: list[torch.nn.Parameter], batches: list[dict[str, torch.Tensor]],
+             clip: float) -> dict:
+    """One optimizer update over the micro-batches of a step (gradient accumulation): the loss is the mean NLL
+    over every supervised token of all of them, so accumulation equals one big batch; then clip and step."""
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+    loss_sum = 0.0
+    for b in batches:
+        with autocast(device):
+            nll, _ = masked_token_nll(model, **{k: v.to(device) for k, v in b.items()})
+        (nll / n_tokens).backward()
+        loss_sum += nll.item()
+    lr = scheduler.get_last_lr()[0]
+    grad_norm, finite = optimizer_step(optimizer, scheduler, params, clip, loss_sum)
+    seen = sum(int(b["attention_mask"].sum()) for b in batches)
+    return {"loss": loss_sum / n_tokens, "grad_norm": grad_norm, "lr": lr,
+            "tokens_per_s": seen / (time.perf_counter() - t0), "finite": finite}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,9 +193,8 @@ def load_encoded(args, tokenizer, limit: int | None = None) -> list[Encoded]:
 
 
 def base_sft_data(model: str) -> str:
-    """The training data of a base SFT run of this script (its OUT/args.json): what the cold start replays."""
-    saved = Path(model, "args.json")
-    run = json.loads(saved.read_text()) if saved.exists() else {}
+    """The training data of the base SFT run of this script that wrote `model`: what the cold start replays."""
+    run = trained_as(model)
     if run.get("mode") != "base":
         raise DataError(f"--replay-data: not given, and {model} is not a base SFT output of sft.py (no args.json "
                         f"with mode 'base'); pass the base SFT data file, or --replay-ratio 0")
@@ -207,7 +220,6 @@ class BatchSource:
     def __init__(self, args, tokenizer):
         self.args, self.tokenizer = args, tokenizer
         if args.data == PRETRAIN_STREAM:
-            from worlds import pretrain_stream
             self.stream, self.position = pretrain_stream(args.seed), 0
         else:
             self.stream, self.encoded = None, load_encoded(args, tokenizer)
@@ -248,18 +260,13 @@ class BatchSource:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Base SFT, cold-start reasoning SFT, or pretraining (loss on all tokens).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_run_arguments(p, out="runs/sft", save_every=200)
     p.add_argument("--mode", choices=["base", "cold-start", "pretrain"], default="base")
     p.add_argument("--model", default="tiny", help="tiny, tiny-random, a model directory or a hub id")
     p.add_argument("--data", help=f"APIGen-MT-5k file (JSON / JSONL), a demo split (demo:train, demo:cold_start), "
                    f"or for pretrain {PRETRAIN_STREAM} (default: the demo split of the mode)")
-    p.add_argument("--out", default="runs/sft", help="output directory (a valid --model when done)")
-    p.add_argument("--resume", metavar="OUT", help="continue the run whose --out was OUT from its last checkpoint")
-    p.add_argument("--lora-rank", type=int, default=None, help="LoRA rank; 0 = full fine-tuning "
-                   "(default: 0 for the tiny models, 16 otherwise)")
-    p.add_argument("--lora-alpha", type=float, default=32.0)
-    p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-4 LoRA, 1e-3 tiny full "
-                   "fine-tuning, 1e-5 full fine-tuning of real models)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: LR_DEFAULTS, 2e-4 LoRA, 1e-3 "
+                   "tiny full fine-tuning, 1e-5 full fine-tuning of real models)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -268,14 +275,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "required for the pretraining stream)")
     p.add_argument("--schedule-steps", type=int, default=None, help="length of the warmup + cosine schedule, when "
                    "it differs from the steps run (to reproduce a run that --max-minutes stopped early)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much training time")
     p.add_argument("--warmup", type=int, default=20, help="linear warmup steps before the cosine decay")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     p.add_argument("--max-len", type=int, default=1024, help="tokens per sequence (prompts lose their oldest tokens)")
-    p.add_argument("--eval-data", help="held-out turn samples, evaluated every --eval-every steps and at the end")
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--eval-limit", type=int, default=200, help="held-out samples per evaluation")
-    p.add_argument("--save-every", type=int, default=200, help="checkpoint every N optimizer steps")
     p.add_argument("--allow-large-cold-start", action="store_true")
     p.add_argument("--replay-ratio", type=float, default=3.0, help="cold start: no-thinking base SFT samples "
                    "mixed into each epoch per reasoning sample, against forgetting the action policy; 0 = none")
@@ -284,57 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-bad", action="store_true", help="skip invalid records instead of failing")
     p.add_argument("--inspect", type=int, metavar="N", default=0,
                    help="print N rendered samples with the supervised span marked, then exit")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
-
-
-def resolve_defaults(args: argparse.Namespace, lr_full_tiny: float = 1e-3, lr_lora: float = 2e-4,
-                     lr_full: float = 1e-5) -> argparse.Namespace:
-    """LoRA for real models, full fine-tuning for the tiny ones; the learning rate to match."""
-    config = Path(args.model, "config.json")
-    tiny = args.model in ("tiny", "tiny-random") or (
-        config.exists() and json.loads(config.read_text()).get("hidden_size", 0) < 512)
-    if args.lora_rank is None:
-        args.lora_rank = 0 if tiny else 16
-    if args.lr is None:
-        args.lr = lr_lora if args.lora_rank else (lr_full_tiny if tiny else lr_full)
-    return args
-
-
-def weights_dtype(device: torch.device, lora_rank: int) -> torch.dtype:
-    """bf16 frozen weights under LoRA on a GPU (the adapters are fp32); fp32 weights whenever they are trained
-    (bf16 cannot hold an update of 1e-6 relative size), with bf16 autocast for the compute on a GPU."""
-    return torch.bfloat16 if device.type == "cuda" and lora_rank else torch.float32
-
-
-def autocast(device: torch.device):
-    """bf16 mixed precision on a GPU; a no-op on the CPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def resume_args(args: argparse.Namespace) -> argparse.Namespace:
-    """With --resume OUT, the run's own saved arguments (OUT/args.json), pointed back at OUT."""
-    if not args.resume:
-        return args
-    saved = Path(args.resume, "args.json")
-    if not saved.exists():
-        raise DataError(f"{saved}: missing; --resume takes the --out directory of an earlier run")
-    return argparse.Namespace(**{**json.loads(saved.read_text()), "resume": args.resume, "out": args.resume})
-
-
-def resume_state(args, out: Path, model, optimizer, scheduler) -> dict:
-    """Restore the last checkpoint of OUT under --resume, and drop the log lines of the steps after it
-    (they are redone); a fresh run starts at step 0."""
-    if not (args.resume and (out / "checkpoint" / "state.json").exists()):
-        return {"step": 0, "train_seconds": 0.0}
-    state = load_checkpoint(out / "checkpoint", model, optimizer, scheduler)
-    log = out / "log.jsonl"
-    if log.exists():
-        kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
-        log.write_text("".join(line + "\n" for line in kept))
-    print(f"resumed from {out / 'checkpoint'} at step {state['step']}", file=sys.stderr)
-    return state
+    return resolve_defaults(resume_args(p.parse_args(argv)), LR_DEFAULTS)
 
 
 def inspect_samples(args, tokenizer) -> None:
@@ -353,113 +304,28 @@ def inspect_samples(args, tokenizer) -> None:
         print("".join(pieces))
 
 
-def run(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
-    """Train and save; stop_after=k simulates a crash after step k (its checkpoint written, no final save)."""
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps(vars(args), indent=1))
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    model, tokenizer = load(args.model, dtype=weights_dtype(device, args.lora_rank), device=device)
-    if args.lora_rank:
-        inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
-    if device.type == "cuda":  # activations dominate memory on a real model; recompute them in backward
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
+def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
+    """Train and save (see runs.Run); stop_after=k simulates a kill after step k."""
+    run = Run(args, f"sft {args.mode}", progress=("loss", "tokens_per_s"), stop_after=stop_after)
+    model, tokenizer = load_for_training(args)
     source = BatchSource(args, tokenizer)
     total = args.max_steps or math.ceil(args.epochs * source.steps_per_epoch())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.schedule_steps or total))
-    state = resume_state(args, out, model, optimizer, scheduler)
-    evaluator = make_evaluator(args, tokenizer, thinking=args.mode == "cold-start")
-    log = (out / "log.jsonl").open("a")
-    bar = tqdm(total=total, initial=state["step"], desc=f"sft {args.mode}", dynamic_ncols=True)
-    for step in range(state["step"], total):
-        t0 = time.perf_counter()
+    evaluator = held_out_evaluator(args.eval_data, args.eval_limit, tokenizer, thinking=args.mode == "cold-start")
+    for step in range(run.start(total, model, tokenizer, optimizer, scheduler, evaluator), total):
         batches = [collate(source.batch(step * args.grad_accum + m), tokenizer.pad_token_id)
                    for m in range(args.grad_accum)]
-        n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-        loss_sum = 0.0
-        for b in batches:  # mean over all supervised tokens of the (accumulated) batch
-            with autocast(device):
-                nll, _ = masked_token_nll(model, **{k: v.to(device) for k, v in b.items()})
-            (nll / n_tokens).backward()
-            loss_sum += nll.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.clip)
-        if not (math.isfinite(loss_sum) and torch.isfinite(grad_norm)):  # stop before a bad update lands
-            raise FloatingPointError(f"loss or gradient is not finite at step {step + 1}; the update was not "
-                                     f"applied and the last good checkpoint is in {out / 'checkpoint'}")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - t0
-        state["step"], state["train_seconds"] = step + 1, state["train_seconds"] + seconds
-        seen = sum(int(b["attention_mask"].sum()) for b in batches)
-        record = {"step": step + 1, "loss": loss_sum / n_tokens, "grad_norm": float(grad_norm),
-                  "lr": scheduler.get_last_lr()[0], "tokens_per_s": seen / seconds,
-                  "train_seconds": round(state["train_seconds"], 2)}
-        done = step + 1 == total or (args.max_minutes and state["train_seconds"] > 60 * args.max_minutes)
-        if evaluator and (done or (args.eval_every and (step + 1) % args.eval_every == 0)):
-            record["eval"] = evaluator(model)
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-        bar.update(1)
-        if done:
+        record = sft_step(model, optimizer, scheduler, params, batches, args.clip)
+        if run.end_step(step + 1, record):
             break
-        if (step + 1) % args.save_every == 0:
-            save_checkpoint(out / "checkpoint", model, tokenizer, optimizer, scheduler, state)
-        if stop_after and step + 1 >= stop_after:
-            return None
-    bar.close()
-    log.close()
-    return finish(model, tokenizer, out, args)
-
-
-def finish(model, tokenizer, out: Path, args) -> Path:
-    """Save the adapter beside the merged model; the output directory is itself a valid --model."""
-    extra = {"log.jsonl": out / "log.jsonl", "args.json": out / "args.json"}
-    if lora_layers(model):
-        save_adapter(model, out / "adapter.safetensors")
-        extra["adapter.safetensors"] = out / "adapter.safetensors"
-        merge_lora(model)
-    model.eval()
-    return save(model, tokenizer, out, extra)
-
-
-def make_evaluator(args, tokenizer, thinking: bool):
-    """A function model -> held-out metrics (through eval.py), or None without --eval-data."""
-    if not args.eval_data:
-        return None
-    from eval import evaluate
-    samples = load_turn_samples(resolve_data(args.eval_data))[0][:args.eval_limit]
-
-    def evaluator(model):
-        model.eval()
-        metrics = evaluate(model, tokenizer, samples, thinking=thinking)
-        model.train()
-        return metrics
-    return evaluator
-
-
-def report_errors(body) -> int:
-    """Run a CLI body: bad input or an unloadable model ends with one line and exit 2, a run that turned
-    NaN/inf with one line and exit 1 (its last good checkpoint kept); no traceback for either."""
-    try:
-        body()
-    except (DataError, ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run.finish()
 
 
 def main(argv: list[str] | None = None) -> int:
     def body():
-        args = resolve_defaults(resume_args(parse_args(argv)))
+        args = parse_args(argv)
         args.data = resolve_data(args.data or DEFAULT_DATA[args.mode])
         if replays(args) and not args.inspect:
             args.replay_data = resolve_data(args.replay_data or base_sft_data(args.model))
@@ -468,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.data == PRETRAIN_STREAM and not args.max_steps:
             raise DataError("the pretraining stream is endless: pass --max-steps")
         else:
-            print(f"saved {run(args)}")
-    return report_errors(body)
+            print(f"saved {train(args)}")
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, demo_dir):
               "--prompts-per-step", "2", "--max-new-tokens", "8", "--save-every", "2", "--keep-zero-variance"]
     assert grpo.main(common + ["--out", str(tmp_path / "full")]) == 0
     cut = tmp_path / "cut"
-    grpo.run(grpo.resolve_defaults(grpo.parse_args(common + ["--out", str(cut)]), 1e-4, 1e-5, 1e-6), stop_after=3)
+    grpo.train(grpo.parse_args(common + ["--out", str(cut)]), stop_after=3)
     assert grpo.main(["--resume", str(cut)]) == 0
     from safetensors.torch import load_file
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(cut / "model.safetensors"))

@@ -77,7 +77,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, demo_dir):
               "--batch-size", "4", "--save-every", "3", "--lr", "1e-3"]
     assert sft.main(common + ["--out", str(tmp_path / "full")]) == 0
     cut = tmp_path / "cut"
-    sft.run(sft.resolve_defaults(sft.parse_args(common + ["--out", str(cut)])), stop_after=3)  # "killed" at step 3
+    sft.train(sft.parse_args(common + ["--out", str(cut)]), stop_after=3)  # "killed" at step 3
     assert (cut / "checkpoint" / "state.json").exists() and not (cut / "model.safetensors").exists()
     assert sft.main(["--resume", str(cut)]) == 0
     from safetensors.torch import load_file
@@ -124,8 +124,7 @@ def write_json(path, records):
 
 
 def cold_args(data, *extra):
-    return sft.resolve_defaults(sft.parse_args(["--mode", "cold-start", "--model", "tiny-random", "--data", str(data),
-                                                *extra]))
+    return sft.parse_args(["--mode", "cold-start", "--model", "tiny-random", "--data", str(data), *extra])
 
 
 def test_cold_start_contexts_drop_earlier_reasoning(tmp_path, tiny_tokenizer):

@@ -6,8 +6,10 @@ import random
 import pytest
 
 from data import convert_record, load_turn_samples
-from model import TOKENIZER_DIR, build_tokenizer
-from worlds import PRETRAIN_DOMAINS, conversation
+from model import TOKENIZER_DIR
+from pretrain_worlds import PRETRAIN_DOMAINS
+from tiny_tokenizer import build_tokenizer
+from worlds import conversation
 
 
 def demo_samples(demo_dir):

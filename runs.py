@@ -1,0 +1,273 @@
+"""A training run's life, the same for every stage: everything but the algorithm.
+
+    run = Run(args, "grpo", progress=("reward.total", "kl"))    # OUT/, OUT/args.json, the seed
+    model, tokenizer = load_for_training(args)                   # precision, LoRA, checkpointing
+    ...optimizer, scheduler, evaluator...
+    for step in range(run.start(total, model, tokenizer, optimizer, scheduler, evaluator), total):
+        record = grpo_step(...)             # the algorithm: one optimizer update and what it measured
+        if run.end_step(step + 1, record):  # NaN guard, log, eval and save cadence, time budget
+            break
+    return run.finish()                     # OUT becomes the model (LoRA merged, adapter beside it)
+
+The output directory of a run: args.json (its arguments; `--resume OUT` reads them back and
+`model.trained_as` tells later stages what the run trained), log.jsonl (one JSON line a step),
+checkpoint/ (written atomically every --save-every steps), and at the end the model itself. A resumed
+run restores the checkpoint and drops the log lines of the steps after it, so it ends exactly as an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from cli import BadInput
+from lora import inject_lora, load_adapter, lora_layers, merge_lora, save_adapter
+from model import atomic_dir, is_tiny, load, save, trained_as
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------
+def resume_args(args: argparse.Namespace) -> argparse.Namespace:
+    """With --resume OUT, the run's own saved arguments (OUT/args.json), pointed back at OUT."""
+    if not args.resume:
+        return args
+    saved = trained_as(args.resume)
+    if not saved:
+        raise BadInput(f"{Path(args.resume, 'args.json')}: missing; --resume takes the --out directory of an "
+                       f"earlier run")
+    return argparse.Namespace(**{**saved, "resume": args.resume, "out": args.resume})
+
+
+def add_run_arguments(p: argparse.ArgumentParser, out: str, save_every: int) -> None:
+    """The flags every training stage shares: where the run goes, how the model is adapted, the budget and
+    cadences, the device and seed. Each stage adds its own algorithm's flags beside them."""
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=out, help="output directory (a valid --model when done)")
+    g.add_argument("--resume", metavar="OUT", help="continue the run whose --out was OUT from its last checkpoint")
+    g.add_argument("--lora-rank", type=int, default=None, help="LoRA rank; 0 = full fine-tuning "
+                   "(default: 0 for tiny models, 16 otherwise)")
+    g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale alpha (the update is alpha/r BA)")
+    g.add_argument("--lora-dropout", type=float, default=0.0)
+    g.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
+    g.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much training time")
+    g.add_argument("--eval-data", help="held-out turn samples, evaluated at step 0, every --eval-every steps "
+                   "and at the end")
+    g.add_argument("--eval-every", type=int, default=0)
+    g.add_argument("--eval-limit", type=int, default=200, help="held-out samples per evaluation")
+    g.add_argument("--save-every", type=int, default=save_every, help="checkpoint every N optimizer steps")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def resolve_defaults(args: argparse.Namespace, lr: dict[str, float]) -> argparse.Namespace:
+    """LoRA (rank 16) for real models, full fine-tuning for the tiny ones; the stage's learning rate to match,
+    from lr = {"tiny": full fine-tuning of a tiny model, "lora": LoRA, "full": full fine-tuning of a real model}."""
+    tiny = is_tiny(args.model)
+    if args.lora_rank is None:
+        args.lora_rank = 0 if tiny else 16
+    if args.lr is None:
+        args.lr = lr["lora"] if args.lora_rank else lr["tiny" if tiny else "full"]
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, precision, optimizer
+# ----------------------------------------------------------------------------------------------
+def weights_dtype(device: torch.device, lora_rank: int) -> torch.dtype:
+    """bf16 frozen weights under LoRA on a GPU (the adapters are fp32); fp32 weights whenever they are trained
+    (bf16 cannot hold an update of 1e-6 relative size), with bf16 autocast for the compute on a GPU."""
+    return torch.bfloat16 if device.type == "cuda" and lora_rank else torch.float32
+
+
+def autocast(device: torch.device):
+    """bf16 mixed precision on a GPU; a no-op on the CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def load_for_training(args: argparse.Namespace):
+    """(model, tokenizer) of --model on --device, ready to train: LoRA adapters under --lora-rank, and on a GPU
+    gradient checkpointing (activations dominate memory on a real model; recompute them in backward)."""
+    device = torch.device(args.device)
+    model, tokenizer = load(args.model, dtype=weights_dtype(device, args.lora_rank), device=device)
+    if args.lora_rank:
+        inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
+    if device.type == "cuda":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model, tokenizer
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.1) -> Callable[[int], float]:
+    """lr multiplier: linear 0 -> 1 over `warmup` steps, then cosine 1 -> min_ratio at `total`."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def optimizer_step(optimizer, scheduler, params: list[torch.nn.Parameter], clip: float, loss: float
+                   ) -> tuple[float, bool]:
+    """Clip the accumulated gradient to norm `clip` and take the step, unless the loss or the gradient is not
+    finite: then the update is dropped (the weights stay good) and the caller's record says finite=False.
+    Returns (gradient norm before clipping, finite)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
+    if finite:
+        optimizer.step()
+        scheduler.step()   # the schedule counts optimizer updates
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm), finite
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+def save_checkpoint(ckpt_dir: str | Path, model, tokenizer, optimizer, scheduler, state: dict) -> None:
+    """A resumable training checkpoint, written atomically: weights (only the adapter under LoRA),
+    optimizer moments and RNG in safetensors, step / schedule / data position in state.json. No pickle."""
+    sd = optimizer.state_dict()
+    tensors = {f"opt.{i}.{k}": v.contiguous() for i, s in sd["state"].items() for k, v in s.items()}
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    with atomic_dir(ckpt_dir) as tmp:
+        if lora_layers(model):
+            save_adapter(model, tmp / "adapter.safetensors")
+        else:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+        save_file(tensors, str(tmp / "training_state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "param_groups": sd["param_groups"],
+                                                    "scheduler": scheduler.state_dict()}, indent=1))
+
+
+def load_checkpoint(ckpt_dir: str | Path, model, optimizer, scheduler) -> dict:
+    """Restore what save_checkpoint wrote into an already built model / optimizer / scheduler."""
+    ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir / "adapter.safetensors").exists():
+        load_adapter(model, ckpt_dir / "adapter.safetensors")
+    else:
+        model.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")), strict=False)
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.tie_weights()
+    state = json.loads((ckpt_dir / "state.json").read_text())
+    tensors = load_file(str(ckpt_dir / "training_state.safetensors"))
+    opt_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            opt_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+    scheduler.load_state_dict(state.pop("scheduler"))
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+def lookup(record: dict, dotted: str):
+    """record["a"]["b"] for "a.b" (None where a key is missing)."""
+    for key in dotted.split("."):
+        record = record.get(key) if isinstance(record, dict) else None
+    return record
+
+
+class Run:
+    """The bookkeeping of one training run, around a loop the stage writes itself (see the module docstring).
+
+    Every step's record gains "step" and "train_seconds" (training time so far: the steps alone, without
+    evaluation or checkpoint writing); --max-minutes compares against the latter. stop_after=k simulates a
+    kill right after step k: its checkpoints are written, the final save is not.
+    """
+
+    def __init__(self, args: argparse.Namespace, desc: str, progress: tuple[str, ...], stop_after: int | None = None):
+        self.args, self.desc, self.progress, self.stop_after = args, desc, progress, stop_after
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "args.json").write_text(json.dumps(vars(args), indent=1))
+        torch.manual_seed(args.seed)
+        self.state = {"step": 0, "train_seconds": 0.0}
+        self.killed = False
+
+    def start(self, total_steps: int, model, tokenizer, optimizer, scheduler, evaluator: Callable | None = None
+              ) -> int:
+        """Restore the last checkpoint under --resume (and drop the log lines after it), evaluate the starting
+        model at step 0 of a fresh run, open the log and the progress bar. Returns the first step to run."""
+        self.total, self.model, self.tokenizer = total_steps, model, tokenizer
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.evaluator = evaluator
+        ckpt, log_path = self.out / "checkpoint", self.out / "log.jsonl"
+        if self.args.resume and (ckpt / "state.json").exists():
+            self.state = load_checkpoint(ckpt, model, optimizer, scheduler)
+            if log_path.exists():
+                kept = [line for line in log_path.read_text().splitlines()
+                        if json.loads(line)["step"] <= self.state["step"]]
+                log_path.write_text("".join(line + "\n" for line in kept))
+            print(f"resumed from {ckpt} at step {self.state['step']}", file=sys.stderr)
+        self.log = log_path.open("a")
+        if evaluator and self.state["step"] == 0:
+            self.write({"step": 0, "eval": evaluator(model)})
+        self.bar = tqdm(total=self.total, initial=self.state["step"], desc=self.desc, dynamic_ncols=True)
+        self.clock = time.perf_counter()
+        return self.state["step"]
+
+    def write(self, record: dict) -> None:
+        self.log.write(json.dumps(record) + "\n")
+        self.log.flush()
+
+    def end_step(self, step: int, record: dict) -> bool:
+        """Book step `step` (1-based): stop on a non-finite update, log the record (with held-out metrics on
+        the eval cadence and at the end), checkpoint on the save cadence. Returns True when the loop ends:
+        the last step, the time budget spent, or the simulated kill."""
+        self.state["step"] = step
+        self.state["train_seconds"] += time.perf_counter() - self.clock
+        record = {"step": step, **record, "train_seconds": round(self.state["train_seconds"], 2)}
+        if not record["finite"]:   # the update was not applied; the last checkpoint is still good
+            self.write(record)
+            raise FloatingPointError(f"loss or gradient is not finite at step {step}; the update was not applied "
+                                     f"and the last good checkpoint is in {self.out / 'checkpoint'}")
+        args = self.args
+        done = step == self.total or bool(args.max_minutes and self.state["train_seconds"] > 60 * args.max_minutes)
+        if self.evaluator and (done or (args.eval_every and step % args.eval_every == 0)):
+            record["eval"] = self.evaluator(self.model)
+        self.write(record)
+        self.bar.set_postfix({key: f"{lookup(record, key):.4g}" for key in self.progress})
+        self.bar.update(1)
+        if not done and step % args.save_every == 0:
+            save_checkpoint(self.out / "checkpoint", self.model, self.tokenizer, self.optimizer, self.scheduler,
+                            self.state)
+        self.killed = not done and self.stop_after is not None and step >= self.stop_after
+        self.clock = time.perf_counter()
+        return done or self.killed
+
+    def finish(self) -> Path | None:
+        """Save the final model: OUT becomes a valid --model (LoRA merged, the adapter saved beside it, with the
+        run's args.json and log.jsonl). None after a simulated kill."""
+        self.bar.close()
+        self.log.close()
+        if self.killed:
+            return None
+        model, out = self.model, self.out
+        extra = {"log.jsonl": out / "log.jsonl", "args.json": out / "args.json"}
+        if lora_layers(model):
+            save_adapter(model, out / "adapter.safetensors")
+            extra["adapter.safetensors"] = out / "adapter.safetensors"
+            merge_lora(model)
+        model.eval()
+        return save(model, self.tokenizer, out, extra)
