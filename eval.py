@@ -33,12 +33,15 @@ from tqdm import tqdm
 
 from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from cli import run_cli
-from model import load, trained_as
+from model import PRECISIONS, autocast, eos_ids, is_tiny, load, resolve_precision, trained_as
 from rewards import composite_reward, r_decision, r_format
 from sampling import generate
 from toolcalls import Parsed, argument_f1, calls_match, names_match, parse_completion, token_f1
 
 ANSWER_F1_SUCCESS = 0.5  # an answer turn succeeds at token F1 >= 0.5: most reported values are right
+# Defaults that depend on the model's scale, (tiny model, real model), for flags left unset: Qwen3's think-then-act
+# completions run to hundreds of tokens, and its longer prompts fit fewer rows in a batch.
+SCALE_DEFAULTS = {"batch_size": (64, 16), "max_new_tokens": (128, 1024)}
 
 
 @dataclass
@@ -112,37 +115,48 @@ def aggregate(results: list[TurnResult]) -> dict[str, float]:
 
 
 def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_size: int,
-                   max_new_tokens: int, progress: bool = False) -> list[tuple[str, bool]]:
+                   max_new_tokens: int, precision: str, progress: bool = False) -> list[tuple[str, bool]]:
     """Greedy completions (text, truncated) for each sample, batched by prompt length."""
     prompts = [prompt_ids(tokenizer, s, thinking) for s in samples]
     order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
     outputs: list[tuple[str, bool]] = [("", True)] * len(samples)
+    device = next(model.parameters()).device
     for k in tqdm(range(0, len(order), batch_size), desc="eval", disable=not progress, dynamic_ncols=True):
         idx = order[k:k + batch_size]
-        gen = generate(model, [prompts[i] for i in idx], eos_ids=[tokenizer.eos_token_id],
-                       pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, temperature=0.0)
+        with autocast(precision, device):
+            gen = generate(model, [prompts[i] for i in idx], eos_ids=eos_ids(model, tokenizer),
+                           pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, temperature=0.0)
         for i, ids, truncated in zip(idx, gen.completion_lists(), gen.truncated.tolist()):
             outputs[i] = (tokenizer.decode(ids, skip_special_tokens=True), truncated)
     return outputs
 
 
 def evaluate(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_size: int = 64,
-             max_new_tokens: int = 128, progress: bool = False) -> dict[str, float]:
+             max_new_tokens: int = 128, precision: str = "fp32", progress: bool = False) -> dict[str, float]:
     """Held-out metrics of one model (see the module docstring)."""
     was_training = model.training
     model.eval()
-    outputs = generate_texts(model, tokenizer, samples, thinking, batch_size, max_new_tokens, progress)
+    outputs = generate_texts(model, tokenizer, samples, thinking, batch_size, max_new_tokens, precision, progress)
     model.train(was_training)
     return aggregate([score_turn(s, text, trunc, thinking) for s, (text, trunc) in zip(samples, outputs)])
 
 
-def held_out_evaluator(data: str | None, limit: int, tokenizer, thinking: bool) -> Callable | None:
-    """A function model -> held-out metrics on the first `limit` turn samples of `data` (what a training run
-    evaluates every --eval-every steps), or None without data."""
-    if not data:
+def scale_settings(model_name: str, batch_size: int | None = None, max_new_tokens: int | None = None
+                   ) -> dict[str, int]:
+    """batch_size and max_new_tokens as given, or SCALE_DEFAULTS for the model's scale."""
+    real = not is_tiny(model_name)
+    given = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    return {k: given[k] if given[k] is not None else pair[real] for k, pair in SCALE_DEFAULTS.items()}
+
+
+def held_out_evaluator(args, tokenizer, thinking: bool) -> Callable | None:
+    """A function model -> held-out metrics on the first --eval-limit turn samples of --eval-data (what a training
+    run evaluates at step 0, every --eval-every steps and at the end), or None without --eval-data."""
+    if not args.eval_data:
         return None
-    samples = load_turn_samples(resolve_data(data))[0][:limit]
-    return lambda model: evaluate(model, tokenizer, samples, thinking=thinking)
+    samples = load_turn_samples(resolve_data(args.eval_data))[0][:args.eval_limit]
+    settings = scale_settings(args.model)
+    return lambda model: evaluate(model, tokenizer, samples, thinking, precision=args.precision, **settings)
 
 
 COLUMNS = ["reward", "format_rate", "decision_acc", "tool_name_acc", "exact_match", "arg_f1", "answer_f1",
@@ -166,11 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thinking", choices=["on", "off", "auto"], default="auto",
                    help="prompt mode; auto = on for models whose args.json says cold-start or grpo training")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N turn samples only")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None, help="(SCALE_DEFAULTS: 64 tiny, 16 real)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="(SCALE_DEFAULTS: 128 tiny, 1024 real)")
     p.add_argument("--out", help="write the table as JSON here")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="compute precision (autocast; auto: bf16 on a GPU, fp32 on the CPU)")
     args = p.parse_args(argv)
+    precision = resolve_precision(args.precision, args.device)
     names = args.name or args.model
     if len(names) != len(args.model):
         p.error("give one --name per --model")
@@ -182,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             thinking = args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
             model, tokenizer = load(model_name, device=args.device)
             t0 = time.perf_counter()
-            rows[name] = evaluate(model, tokenizer, samples, thinking, args.batch_size, args.max_new_tokens,
-                                  progress=True)
+            settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
+            rows[name] = evaluate(model, tokenizer, samples, thinking, precision=precision, progress=True, **settings)
             rows[name].update(thinking=thinking, seconds=round(time.perf_counter() - t0, 1))
         print(format_table(rows))
         if args.out:

@@ -32,14 +32,23 @@ from cli import run_cli
 from data import DataError, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from eval import held_out_evaluator
 from lora import disable_adapters
+from model import autocast, eos_ids
 from rewards import RewardWeights, composite_reward
-from runs import Run, add_run_arguments, autocast, load_for_training, optimizer_step, resolve_defaults, resume_args, warmup_cosine
+from runs import Run, add_run_arguments, load_for_training, optimizer_step, resolve_defaults, resume_args, warmup_cosine
 from sampling import Generation, generate, positions
 from toolcalls import parse_completion
 
 LOSS_AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
 # Learning rate when --lr is not given: RL steps are noisier than SFT steps, so each is 10x below sft.py's.
 LR_DEFAULTS = {"tiny": 1e-4, "lora": 1e-5, "full": 1e-6}
+# Defaults that depend on the model's scale, (tiny model, real model), for flags left unset. Qwen3 thinks at length:
+# 1024 new tokens and a 256-word think budget leave room for a trace and the action (the tiny model's 96 / 64 would
+# truncate nearly every sample, every group would score alike and nothing would be learned); APIGen-MT prompts
+# (policy + tool schemas + history) reach 4k tokens; rollouts in chunks of 32 rows bound the KV cache
+# (README: one GPU); 4 sequences per update micro-batch bound the activations and the completion logits.
+SCALE_DEFAULTS = {"lora_rank": (0, 16), "max_new_tokens": (96, 1024), "think_budget": (RewardWeights.think_budget, 256),
+                  "max_prompt_len": (1024, 4096), "rollout_batch": (128, 32), "micro_batch": (32, 4)}
+KL_LOG_RATIO_CLAMP, KL_CLAMP = 20.0, 10.0   # verl's bounds on k3: a far-off reference cannot overflow exp
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,10 +72,14 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale_std: bool =
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(pi_theta || pi_ref) (Schulman 2020), with x = ref_logp - logp:
 
-        k3 = exp(x) - x - 1  >= 0, unbiased, zero when the two log-probs are equal.
+        k3 = min(exp(x) - x - 1, 10),  x clamped to [-20, 20]
+           >= 0, unbiased inside the clamps, zero when the two log-probs are equal.
+
+    The clamps (as verl's) keep exp finite when the policy has moved far from the reference on a token; such a
+    token's KL term then has no gradient, the rest of the step is unaffected.
     """
-    x = ref_logp - logp
-    return torch.exp(x) - x - 1
+    x = (ref_logp - logp).clamp(-KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
+    return (torch.exp(x) - x - 1).clamp(max=KL_CLAMP)
 
 
 def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str, n_sequences: int, n_tokens: int,
@@ -77,8 +90,10 @@ def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str, n_seq
         dapo     sum_{i,t} l_{i,t} / sum_i |o_i|          global token mean (DAPO)
         dr_grpo  sum_{i,t} l_{i,t} / (N * max_new_tokens) constant normaliser (Dr. GRPO)
 
-    n_sequences and n_tokens are the totals of the whole batch, so that the sum of this over micro-batches
-    equals the loss of the whole batch.
+    n_sequences and n_tokens are the totals of the whole batch, all B x G rows of the step (also the rows of
+    zero-variance groups, which are left out of the passes: their A = 0, so the loss is the same as with them
+    in, less their KL term), so that the sum of this over micro-batches equals the loss of the whole batch and
+    dr_grpo's normaliser stays constant from step to step.
     """
     masked = per_token * mask
     if mode == "grpo":
@@ -118,13 +133,13 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     tokens were sampled from); log_softmax(z)[y] = z[y] - logsumexp(z), never a full [N, T, V] log_softmax.
     """
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=positions(attention_mask)).last_hidden_state
+                                 position_ids=positions(attention_mask), use_cache=False).last_hidden_state
     hidden = hidden[:, -completion_len - 1:-1]          # position t predicts token t + 1
     targets = input_ids[:, -completion_len:]
     head = model.get_output_embeddings()
     out = []
     for k in range(0, completion_len, chunk):
-        logits = head(hidden[:, k:k + chunk]).float() / temperature
+        logits = head(hidden[:, k:k + chunk]).float().div_(temperature)   # in place: one fp32 copy, not two
         chosen = logits.gather(-1, targets[:, k:k + chunk, None]).squeeze(-1)
         out.append(chosen - torch.logsumexp(logits, dim=-1))
     return torch.cat(out, dim=1)
@@ -157,6 +172,13 @@ def reference_context(model, frozen_ref):
 # ----------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GRPO with a composite reward for tool-calling agents.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -166,8 +188,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # sampling
     p.add_argument("--group-size", type=int, default=8, help="G: completions per prompt")
     p.add_argument("--prompts-per-step", type=int, default=16, help="B: turn samples per step")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--max-prompt-len", type=int, default=1024, help="longer prompts are left out of training")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="(SCALE_DEFAULTS: 96 tiny, 1024 real)")
+    p.add_argument("--max-prompt-len", type=int, default=None, help="longer prompts are left out of training "
+                   "(SCALE_DEFAULTS: 1024 tiny, 4096 real)")
+    p.add_argument("--rollout-batch", type=int, default=None, help="rows (completions) generated at once: bounds the "
+                   "KV cache whatever B x G is (SCALE_DEFAULTS: 128 tiny, 32 real)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--thinking", choices=["on", "off"], default="on", help="think-then-act prompts (the method)")
@@ -180,7 +205,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-iterations", type=int, default=1, help="policy updates per rollout batch (mu)")
     p.add_argument("--keep-zero-variance", action="store_true",
                    help="keep groups whose rewards are all equal (A = 0) in the update, for their KL term")
-    p.add_argument("--micro-batch", type=int, default=32, help="sequences per forward/backward in the update")
+    p.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward in the update "
+                   "(SCALE_DEFAULTS: 32 tiny, 4 real)")
     # reward
     w = RewardWeights()  # defaults and their reasons: rewards.py and the README
     p.add_argument("--w-format", type=float, default=w.format, help="weight of format compliance")
@@ -188,13 +214,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--w-tool", type=float, default=w.tool, help="weight of tool accuracy (right decision only)")
     p.add_argument("--w-answer", type=float, default=w.answer, help="weight of answer F1 (right decision only)")
     p.add_argument("--w-efficiency", type=float, default=w.efficiency, help="weight of reasoning efficiency")
-    p.add_argument("--think-budget", type=int, default=w.think_budget, help="reasoning words with full efficiency")
+    p.add_argument("--think-budget", type=positive_int, default=None, help="reasoning words with full efficiency "
+                   "(SCALE_DEFAULTS: 64 tiny, 256 real)")
     # optimisation
     p.add_argument("--lr", type=float, default=None, help="default (LR_DEFAULTS): 1e-4 tiny full fine-tuning, "
                    "1e-5 LoRA, 1e-6 full fine-tuning of real models")
     p.add_argument("--warmup", type=int, default=5, help="optimizer updates of linear warmup, then constant")
     p.add_argument("--steps", type=int, default=200)
-    return resolve_defaults(resume_args(p.parse_args(argv)), LR_DEFAULTS)
+    return resolve_defaults(resume_args(p.parse_args(argv)), SCALE_DEFAULTS, LR_DEFAULTS)
 
 
 def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
@@ -202,10 +229,8 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
     run = Run(args, "grpo", progress=("reward.total", "kl"), stop_after=stop_after)
     model, tokenizer = load_for_training(args)
     frozen_ref = None   # under LoRA the reference is the same model with its adapters disabled
-    if not args.lora_rank and args.beta > 0:
-        device = next(model.parameters()).device
-        frozen_ref = copy.deepcopy(model).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
-        frozen_ref.eval().requires_grad_(False)
+    if not args.lora_rank and args.beta > 0:   # a copy in the policy's own dtype: KL is exactly 0 before any update
+        frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
     thinking = args.thinking == "on"
     weights = RewardWeights(args.w_format, args.w_decision, args.w_tool, args.w_answer, args.w_efficiency,
                             args.think_budget)
@@ -213,7 +238,7 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, min_ratio=1.0))
-    evaluator = held_out_evaluator(args.eval_data, args.eval_limit, tokenizer, thinking)
+    evaluator = held_out_evaluator(args, tokenizer, thinking)
     generator = torch.Generator(device=args.device)
     for step in range(run.start(args.steps, model, tokenizer, optimizer, scheduler, evaluator), args.steps):
         batch_rng = random.Random(args.seed * 1_000_003 + step)   # the batch of step k is fixed: resumable
@@ -233,10 +258,10 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     model.eval()
-    with autocast(device):
-        gen = generate(model, prompts, eos_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, group_size=G,
+    with autocast(args.precision, device):
+        gen = generate(model, prompts, eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id, group_size=G,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                       generator=generator)
+                       generator=generator, rollout_batch=args.rollout_batch)
     rewards = score_rollout(tokenizer, gen, samples, G, thinking, weights)
     totals = torch.tensor([r["total"] for r in rewards], dtype=torch.float32).view(-1, G)
     advantages = group_advantages(totals, scale_std=not args.no_std_scale).view(-1).to(device)
@@ -254,8 +279,9 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
     input_ids, attention = input_ids[:, start:].to(device), attention[:, start:].to(device)
     mask, advantages = gen.completion_mask[rows].float().to(device), advantages[rows.to(device)]
     n_seq, n_tok, width = mask.shape[0], int(mask.sum()), gen.completion_ids.shape[1]
+    n_all_seq, n_all_tok = len(rewards), int(gen.completion_mask.sum())   # the loss normalisers: every row
     micro = [slice(k, k + args.micro_batch) for k in range(0, n_seq, args.micro_batch)]
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), autocast(args.precision, device):
         ref_logp = None
         if args.beta > 0 and n_seq:
             with reference_context(model, frozen_ref) as ref_model:
@@ -269,12 +295,12 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
     finite, grad_norm = True, 0.0
     for _ in range(args.num_iterations if n_seq else 0):
         for s in micro:
-            with autocast(device):
+            with autocast(args.precision, device):
                 logp = token_logprobs(model, input_ids[s], attention[s], width, T)
             old = logp.detach() if old_logp is None else old_logp[s]   # mu = 1: ratio 1, gradient intact
             per_token, kl, clipped = clipped_policy_loss(logp, old, None if ref_logp is None else ref_logp[s],
                                                          advantages[s], args.beta, args.eps_low, args.eps_high)
-            loss = aggregate_loss(per_token, mask[s], args.loss_agg, n_seq, n_tok, args.max_new_tokens)
+            loss = aggregate_loss(per_token, mask[s], args.loss_agg, n_all_seq, n_all_tok, args.max_new_tokens)
             loss.backward()
             stats["loss"] += loss.item() / args.num_iterations
             stats["kl"] += float((kl.detach() * mask[s]).sum()) / max(n_tok, 1) / args.num_iterations

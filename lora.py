@@ -5,6 +5,7 @@
 B = 0 at the start, so a fresh adapter leaves the model's outputs unchanged. The adapters are kept in
 float32 whatever the base dtype (small, and bf16 updates of tiny deltas underflow). With adapters
 disabled the model *is* the base model: that is GRPO's reference policy, with no second copy.
+On disk an adapter is a directory in PEFT's format (adapter_config.json + adapter_model.safetensors).
 """
 
 from __future__ import annotations
@@ -93,36 +94,52 @@ def disable_adapters(model: nn.Module):
             layer.enabled = was
 
 
+# ----------------------------------------------------------------------------------------------
+# On disk: PEFT's format, so PEFT loads the adapter and vLLM serves it
+# ----------------------------------------------------------------------------------------------
+PEFT_PREFIX = "base_model.model."   # PEFT's key of a module is this + its name in the model, no adapter name
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+
+
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{name}.{part}": getattr(layer, part).detach().contiguous()
+    """{PEFT key: tensor}: base_model.model.<module>.lora_A.weight ([r, in]) and .lora_B.weight ([out, r])."""
+    return {f"{PEFT_PREFIX}{name}.{part}.weight": getattr(layer, part).detach().contiguous()
             for name, layer in lora_layers(model).items() for part in ("lora_A", "lora_B")}
 
 
-def save_adapter(model: nn.Module, path: str | Path) -> None:
-    """Adapter weights (safetensors) with rank, alpha and targets in the metadata; temp file, then rename."""
+def save_adapter(model: nn.Module, out_dir: str | Path, base_model: str) -> None:
+    """Write the adapter as PEFT does: OUT_DIR/adapter_config.json and OUT_DIR/adapter_model.safetensors
+    (each file to a temp name, then renamed). `base_model` is the model the adapter applies to."""
     layers = lora_layers(model)
     any_layer = next(iter(layers.values()))
-    meta = {"rank": str(any_layer.rank), "alpha": str(any_layer.alpha),
-            "targets": json.dumps(sorted({n.split(".")[-1] for n in layers}))}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(adapter_state(model), str(tmp), metadata=meta)
-    tmp.replace(path)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+              "r": any_layer.rank, "lora_alpha": any_layer.alpha, "lora_dropout": any_layer.dropout.p,
+              "target_modules": sorted({n.split(".")[-1] for n in layers}), "bias": "none",
+              "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+              "use_rslora": False, "use_dora": False, "modules_to_save": None}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(adapter_state(model), str(out_dir / (WEIGHTS_FILE + ".tmp")), metadata={"format": "pt"})
+    (out_dir / (CONFIG_FILE + ".tmp")).write_text(json.dumps(config, indent=1))
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        (out_dir / (name + ".tmp")).replace(out_dir / name)
 
 
-def load_adapter(model: nn.Module, path: str | Path) -> None:
-    """Load adapter weights saved by save_adapter, injecting LoRA layers first if the model has none."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
+def load_adapter(model: nn.Module, adapter_dir: str | Path) -> None:
+    """Load an adapter directory in PEFT's format (ours, or PEFT's own), injecting LoRA layers first if the
+    model has none."""
+    adapter_dir = Path(adapter_dir)
+    config = json.loads((adapter_dir / CONFIG_FILE).read_text())
     if not lora_layers(model):
-        inject_lora(model, int(meta["rank"]), float(meta["alpha"]), targets=tuple(json.loads(meta["targets"])))
-    state = load_file(str(path))
-    layers = lora_layers(model)
-    missing = {f"{n}.{p}" for n in layers for p in ("lora_A", "lora_B")} - set(state)
+        inject_lora(model, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0),
+                    targets=tuple(config["target_modules"]))
+    state = load_file(str(adapter_dir / WEIGHTS_FILE))
+    expected = adapter_state(model)
+    missing = set(expected) - set(state)
     if missing:
-        raise ValueError(f"{path}: adapter lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+        raise ValueError(f"{adapter_dir / WEIGHTS_FILE}: adapter lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+    layers = lora_layers(model)
     with torch.no_grad():
-        for key, tensor in state.items():
-            name, _, part = key.rpartition(".")
-            getattr(layers[name], part).copy_(tensor)
+        for key in expected:
+            name, part = key[len(PEFT_PREFIX):-len(".weight")].rsplit(".", 1)
+            getattr(layers[name], part).copy_(state[key])

@@ -75,6 +75,38 @@ def trained_as(name_or_dir: str) -> dict:
     return json.loads(saved.read_text()) if saved.is_file() else {}
 
 
+# ----------------------------------------------------------------------------------------------
+# Precision: weights are stored in fp32; bf16 is a compute precision (autocast), never a storage one
+# ----------------------------------------------------------------------------------------------
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """auto -> bf16 compute on a GPU, fp32 on the CPU; bf16 and fp32 as given (bf16 runs on the CPU too)."""
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: str | torch.device):
+    """The forward passes' compute precision: torch autocast to bf16 under "bf16", a no-op under "fp32".
+
+    The weights themselves stay fp32 (trained and frozen alike): a LoRA delta or a full fine-tuning update of
+    relative size 1e-3 is below bf16's resolution (8 significant bits) and would be rounded away on a merge
+    or a save; autocast casts them to bf16 for each matmul and leaves the stored values whole.
+    """
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS and each EOS of the model's generation_config
+    (Qwen3 lists two: <|im_end|> and <|endoftext|>)."""
+    config_ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    config_ids = config_ids if isinstance(config_ids, list) else [config_ids]
+    return sorted({tokenizer.eos_token_id, *(i for i in config_ids if i is not None)})
+
+
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
@@ -141,12 +173,12 @@ def atomic_dir(out_dir: str | Path):
 
 
 def save(model, tokenizer, out_dir: str | Path, extra_files: dict[str, Path] | None = None) -> Path:
-    """Write config, safetensors weights, tokenizer (and copies of extra_files) atomically."""
+    """Write config, safetensors weights, tokenizer (and copies of extra_files, files or directories) atomically."""
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         for name, source in (extra_files or {}).items():
-            shutil.copyfile(source, tmp / name)
+            (shutil.copytree if Path(source).is_dir() else shutil.copyfile)(source, tmp / name)
     return Path(out_dir)
 
 

@@ -33,6 +33,10 @@ class RewardWeights:
     efficiency: float = 0.1
     think_budget: int = 64   # reasoning words with full efficiency credit
 
+    def __post_init__(self):
+        if self.think_budget < 1:   # r_efficiency divides by it
+            raise ValueError(f"think_budget must be >= 1, got {self.think_budget}")
+
 
 def r_format(parsed: Parsed, truncated: bool, thinking: bool) -> float:
     """1[no parse error] * 1[finished with EOS, not truncated] * 1[think block present == thinking mode].

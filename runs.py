@@ -1,7 +1,7 @@
 """A training run's life, the same for every stage: everything but the algorithm.
 
     run = Run(args, "grpo", progress=("reward.total", "kl"))    # OUT/, OUT/args.json, the seed
-    model, tokenizer = load_for_training(args)                   # precision, LoRA, checkpointing
+    model, tokenizer = load_for_training(args)                   # fp32 weights, LoRA, checkpointing
     ...optimizer, scheduler, evaluator...
     for step in range(run.start(total, model, tokenizer, optimizer, scheduler, evaluator), total):
         record = grpo_step(...)             # the algorithm: one optimizer update and what it measured
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from cli import BadInput
 from lora import inject_lora, load_adapter, lora_layers, merge_lora, save_adapter
-from model import atomic_dir, is_tiny, load, save, trained_as
+from model import PRECISIONS, atomic_dir, is_tiny, load, resolve_precision, save, trained_as
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,43 +67,52 @@ def add_run_arguments(p: argparse.ArgumentParser, out: str, save_every: int) -> 
     g.add_argument("--eval-limit", type=int, default=200, help="held-out samples per evaluation")
     g.add_argument("--save-every", type=int, default=save_every, help="checkpoint every N optimizer steps")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto", help="compute precision of every forward "
+                   "pass (autocast); weights stay fp32 (auto: bf16 on a GPU, fp32 on the CPU)")
+    g.add_argument("--grad-checkpointing", choices=["auto", "on", "off"], default="auto", help="recompute each "
+                   "decoder layer's activations in backward instead of keeping them (auto: on on a GPU)")
     g.add_argument("--seed", type=int, default=0)
 
 
-def resolve_defaults(args: argparse.Namespace, lr: dict[str, float]) -> argparse.Namespace:
-    """LoRA (rank 16) for real models, full fine-tuning for the tiny ones; the stage's learning rate to match,
-    from lr = {"tiny": full fine-tuning of a tiny model, "lora": LoRA, "full": full fine-tuning of a real model}."""
-    tiny = is_tiny(args.model)
-    if args.lora_rank is None:
-        args.lora_rank = 0 if tiny else 16
+def scale_defaults(args: argparse.Namespace, table: dict[str, tuple]) -> dict[str, object]:
+    """Fill each flag of `table` left unset (None) with its (tiny model, real model) default for --model's scale;
+    returns what was filled."""
+    real = not is_tiny(args.model)
+    filled = {flag: pair[real] for flag, pair in table.items() if getattr(args, flag) is None}
+    vars(args).update(filled)
+    return filled
+
+
+def resolve_defaults(args: argparse.Namespace, table: dict[str, tuple], lr: dict[str, float]) -> argparse.Namespace:
+    """The defaults a stage leaves open, printed at start: the scale-dependent flags of `table` (LoRA for real
+    models, full fine-tuning for tiny ones, lengths and batch sizes); the learning rate from lr = {"tiny": full
+    fine-tuning of a tiny model, "lora": LoRA, "full": full fine-tuning of a real model}; precision and gradient
+    checkpointing for --device."""
+    filled = scale_defaults(args, table)
     if args.lr is None:
-        args.lr = lr["lora"] if args.lora_rank else lr["tiny" if tiny else "full"]
+        args.lr = filled["lr"] = lr["lora"] if args.lora_rank else lr["tiny" if is_tiny(args.model) else "full"]
+    args.precision = resolve_precision(args.precision, args.device)
+    if args.grad_checkpointing == "auto":
+        args.grad_checkpointing = "on" if torch.device(args.device).type == "cuda" else "off"
+    if filled:
+        scale = "tiny" if is_tiny(args.model) else "real"
+        print(f"defaults for a {scale} model: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
+              + f"; --precision {args.precision}, --grad-checkpointing {args.grad_checkpointing}", file=sys.stderr)
     return args
 
 
 # ----------------------------------------------------------------------------------------------
 # Model, precision, optimizer
 # ----------------------------------------------------------------------------------------------
-def weights_dtype(device: torch.device, lora_rank: int) -> torch.dtype:
-    """bf16 frozen weights under LoRA on a GPU (the adapters are fp32); fp32 weights whenever they are trained
-    (bf16 cannot hold an update of 1e-6 relative size), with bf16 autocast for the compute on a GPU."""
-    return torch.bfloat16 if device.type == "cuda" and lora_rank else torch.float32
-
-
-def autocast(device: torch.device):
-    """bf16 mixed precision on a GPU; a no-op on the CPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def load_for_training(args: argparse.Namespace):
-    """(model, tokenizer) of --model on --device, ready to train: LoRA adapters under --lora-rank, and on a GPU
-    gradient checkpointing (activations dominate memory on a real model; recompute them in backward)."""
-    device = torch.device(args.device)
-    model, tokenizer = load(args.model, dtype=weights_dtype(device, args.lora_rank), device=device)
+    """(model, tokenizer) of --model on --device, ready to train: fp32 weights (bf16 is only a compute precision,
+    see model.autocast), LoRA adapters under --lora-rank, and gradient checkpointing under --grad-checkpointing
+    (activations dominate memory on a real model; each decoder layer's are recomputed in backward)."""
+    model, tokenizer = load(args.model, dtype=torch.float32, device=args.device)
     if args.lora_rank:
         inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
-    if device.type == "cuda":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.grad_checkpointing == "on":
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     return model, tokenizer
 
@@ -145,7 +154,7 @@ def save_checkpoint(ckpt_dir: str | Path, model, tokenizer, optimizer, scheduler
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     with atomic_dir(ckpt_dir) as tmp:
         if lora_layers(model):
-            save_adapter(model, tmp / "adapter.safetensors")
+            save_adapter(model, tmp / "adapter", base_model="")
         else:
             model.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
@@ -157,8 +166,8 @@ def save_checkpoint(ckpt_dir: str | Path, model, tokenizer, optimizer, scheduler
 def load_checkpoint(ckpt_dir: str | Path, model, optimizer, scheduler) -> dict:
     """Restore what save_checkpoint wrote into an already built model / optimizer / scheduler."""
     ckpt_dir = Path(ckpt_dir)
-    if (ckpt_dir / "adapter.safetensors").exists():
-        load_adapter(model, ckpt_dir / "adapter.safetensors")
+    if (ckpt_dir / "adapter").is_dir():
+        load_adapter(model, ckpt_dir / "adapter")
     else:
         model.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")), strict=False)
         if getattr(model.config, "tie_word_embeddings", False):
@@ -257,8 +266,9 @@ class Run:
         return done or self.killed
 
     def finish(self) -> Path | None:
-        """Save the final model: OUT becomes a valid --model (LoRA merged, the adapter saved beside it, with the
-        run's args.json and log.jsonl). None after a simulated kill."""
+        """Save the final model: OUT becomes a valid --model in fp32 (LoRA merged; the adapter beside it in OUT/adapter,
+        PEFT's format, for PEFT or vLLM on top of --model; the run's args.json and log.jsonl). None after a
+        simulated kill."""
         self.bar.close()
         self.log.close()
         if self.killed:
@@ -266,8 +276,8 @@ class Run:
         model, out = self.model, self.out
         extra = {"log.jsonl": out / "log.jsonl", "args.json": out / "args.json"}
         if lora_layers(model):
-            save_adapter(model, out / "adapter.safetensors")
-            extra["adapter.safetensors"] = out / "adapter.safetensors"
-            merge_lora(model)
+            save_adapter(model, out / "adapter", base_model=self.args.model)
+            extra["adapter"] = out / "adapter"
+            merge_lora(model)   # in fp32: the weights hold the whole update (see model.autocast)
         model.eval()
         return save(model, self.tokenizer, out, extra)

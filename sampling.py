@@ -2,7 +2,8 @@
 
 Prompts are left-padded so every sequence's next token sits in the last column; the attention mask
 hides the padding and position ids count only real tokens (pos = cumsum(mask) - 1), so a padded
-prompt is computed exactly as it would be alone. Each prompt is repeated G times for GRPO's groups.
+prompt is computed exactly as it would be alone. Each prompt is prefilled once and its KV cache shared by
+its G rows (GRPO's group); rows are generated in chunks of whole groups to bound the cache.
 Each sequence stops at its first EOS; completions keep their sampled token ids (never re-tokenised),
 with a mask that covers the tokens up to and including that EOS.
 """
@@ -60,21 +61,39 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, eos_ids: list[int], pad_id: int, group_size: int = 1,
              max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-             generator: torch.Generator | None = None) -> Generation:
-    """Sample `group_size` completions for each prompt (temperature 0 = greedy), with a KV cache."""
+             generator: torch.Generator | None = None, rollout_batch: int | None = None) -> Generation:
+    """Sample `group_size` completions for each prompt (temperature 0 = greedy), with a KV cache.
+
+    Rows go through in chunks of whole groups, at most `rollout_batch` rows each (at least one group), so the
+    KV cache holds at most that many rows whatever prompts x group_size is; row i of the result is completion
+    i % G of prompt i // G, as without chunks.
+    """
+    per_chunk = max(1, (rollout_batch or len(prompts) * group_size) // group_size)
+    parts = [generate_groups(model, prompts[k:k + per_chunk], eos_ids, pad_id, group_size, max_new_tokens,
+                             temperature, top_p, generator) for k in range(0, len(prompts), per_chunk)]
+    return concatenate(parts, pad_id)
+
+
+def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id: int, group_size: int,
+                    max_new_tokens: int, temperature: float, top_p: float, generator: torch.Generator | None
+                    ) -> Generation:
+    """One chunk: each prompt is prefilled once, and its KV cache and next-token logits are shared by its G rows
+    (G times less prefill compute and activation memory than prefilling G copies)."""
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(group_size)], pad_id)
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    batch = prompt_ids.shape[0]
     eos = torch.tensor(eos_ids, device=device)
     cache = DynamicCache(config=model.config)
-    mask, pos = prompt_mask, positions(prompt_mask)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+    pos = positions(prompt_mask)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos, cache=cache, use_cache=True,
                 logits_to_keep=1)
-    pos = pos[:, -1:]
+    cache.batch_repeat_interleave(group_size)   # row i of the group batch continues prompt i // G
+    prompt_ids, mask = prompt_ids.repeat_interleave(group_size, 0), prompt_mask.repeat_interleave(group_size, 0)
+    logits, pos = out.logits[:, -1].repeat_interleave(group_size, 0), pos[:, -1:].repeat_interleave(group_size, 0)
+    batch = prompt_ids.shape[0]
     tokens, done = [], torch.zeros(batch, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
-        token = next_token(out.logits[:, -1], temperature, top_p, generator)
+        token = next_token(logits, temperature, top_p, generator)
         token = torch.where(done, torch.full_like(token, pad_id), token)   # finished rows emit padding
         tokens.append(token)
         done = done | torch.isin(token, eos)
@@ -82,10 +101,28 @@ def generate(model, prompts: list[list[int]], *, eos_ids: list[int], pad_id: int
             break
         mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
         pos = pos + 1
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=pos, cache=cache,
+                       use_cache=True).logits[:, -1]
     completion = torch.stack(tokens, dim=1)
     is_eos = torch.isin(completion, eos)
     # 1 through the first EOS: positions whose count of EOS strictly before them is 0
     eos_before = is_eos.long().cumsum(-1) - is_eos.long()
     completion_mask = (eos_before == 0).long()
-    return Generation(prompt_ids, prompt_mask, completion, completion_mask, ~is_eos.any(-1))
+    return Generation(prompt_ids, mask[:, :prompt_ids.shape[1]], completion, completion_mask, ~is_eos.any(-1))
+
+
+def concatenate(parts: list[Generation], pad_id: int) -> Generation:
+    """The chunks' rows in order, prompts left-padded and completions right-padded to common widths."""
+    if len(parts) == 1:
+        return parts[0]
+    P = max(g.prompt_ids.shape[1] for g in parts)
+    T = max(g.completion_ids.shape[1] for g in parts)
+
+    def pad(x: torch.Tensor, width: int, value: int, left: bool) -> torch.Tensor:
+        extra = (width - x.shape[1], 0) if left else (0, width - x.shape[1])
+        return torch.nn.functional.pad(x, extra, value=value)
+    return Generation(torch.cat([pad(g.prompt_ids, P, pad_id, True) for g in parts]),
+                      torch.cat([pad(g.prompt_mask, P, 0, True) for g in parts]),
+                      torch.cat([pad(g.completion_ids, T, pad_id, False) for g in parts]),
+                      torch.cat([pad(g.completion_mask, T, 0, False) for g in parts]),
+                      torch.cat([g.truncated for g in parts]))

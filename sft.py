@@ -42,9 +42,9 @@ from cli import run_cli
 from data import (DataError, TurnSample, convert_record, load_turn_samples, prompt_ids, read_records, render_prompt,
                   resolve_data)
 from eval import held_out_evaluator
-from model import load, trained_as
+from model import autocast, load, trained_as
 from pretrain_worlds import pretrain_stream
-from runs import Run, add_run_arguments, autocast, load_for_training, optimizer_step, resolve_defaults, resume_args, warmup_cosine
+from runs import Run, add_run_arguments, load_for_training, optimizer_step, resolve_defaults, resume_args, warmup_cosine
 
 IGNORE = -100
 PRETRAIN_STREAM = "demo:pretrain-stream"
@@ -53,6 +53,11 @@ DEFAULT_DATA = {"base": "demo:train", "cold-start": "demo:cold_start", "pretrain
 # Peak learning rate when --lr is not given: full fine-tuning of a tiny model learns fast at 1e-3; LoRA on a real
 # model at 2e-4 and full fine-tuning of a real model at 1e-5 are the usual SFT rates for models of 1-8 B.
 LR_DEFAULTS = {"tiny": 1e-3, "lora": 2e-4, "full": 1e-5}
+# Defaults that depend on the model's scale, (tiny model, real model), for flags left unset. A real model gets
+# LoRA r16 (full fine-tuning of 1.7 B needs ~4x the memory), whole APIGen-MT contexts (policy + tool schemas +
+# history reach 4k tokens), and 4 sequences per micro-batch x 8 accumulated = 32 per update (the tiny model's
+# 16 fit in one micro-batch).
+SCALE_DEFAULTS = {"lora_rank": (0, 16), "max_len": (1024, 4096), "batch_size": (16, 4), "grad_accum": (1, 8)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,13 +85,13 @@ def target_text(tokenizer, sample: TurnSample, thinking: bool, where: str = "") 
 
 
 def encode_turn(tokenizer, sample: TurnSample, thinking: bool, max_len: int, where: str = "") -> Encoded | None:
-    """Prompt tokens get label -100, target tokens are their own labels. Too-long prompts lose their
-    oldest tokens; a target longer than max_len gives None (skipped)."""
+    """Prompt tokens get label -100, target tokens are their own labels. A sample longer than max_len (prompt +
+    target) gives None and is skipped: cutting its prompt would drop the system prompt and tool schemas, a
+    context the model never sees in GRPO (which leaves such prompts out) or in evaluation (which keeps them)."""
     prompt = prompt_ids(tokenizer, sample, thinking)
     target = tokenizer(target_text(tokenizer, sample, thinking, where), add_special_tokens=False)["input_ids"]
-    if len(target) >= max_len:
+    if len(prompt) + len(target) > max_len:
         return None
-    prompt = prompt[len(prompt) + len(target) - max_len:] if len(prompt) + len(target) > max_len else prompt
     return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
 
 
@@ -130,7 +135,7 @@ def masked_token_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
     Logits are computed only at supervised positions: the hidden states are sliced before the LM head.
     """
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     supervised = targets != IGNORE
     logits = model.get_output_embeddings()(hidden[:, :-1][supervised]).float()
@@ -138,7 +143,7 @@ def masked_token_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 
 def sft_step(model, optimizer, scheduler, params: list[torch.nn.Parameter], batches: list[dict[str, torch.Tensor]],
-             clip: float) -> dict:
+             clip: float, precision: str) -> dict:
     """One optimizer update over the micro-batches of a step (gradient accumulation): the loss is the mean NLL
     over every supervised token of all of them, so accumulation equals one big batch; then clip and step."""
     t0 = time.perf_counter()
@@ -146,7 +151,7 @@ def sft_step(model, optimizer, scheduler, params: list[torch.nn.Parameter], batc
     n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
     loss_sum = 0.0
     for b in batches:
-        with autocast(device):
+        with autocast(precision, device):
             nll, _ = masked_token_nll(model, **{k: v.to(device) for k, v in b.items()})
         (nll / n_tokens).backward()
         loss_sum += nll.item()
@@ -188,7 +193,8 @@ def load_encoded(args, tokenizer, limit: int | None = None) -> list[Encoded]:
     encoded = [encode_turn(tokenizer, s, args.mode == "cold-start", args.max_len, f"{Path(args.data).name}: "
                            f"sample {i} ({s.conversation_id})") for i, s in enumerate(samples[:limit])]
     if None in encoded:
-        print(f"skipped {encoded.count(None)} samples whose target exceeds --max-len", file=sys.stderr)
+        print(f"skipped {encoded.count(None)} of {len(encoded)} samples longer than --max-len {args.max_len} tokens "
+              f"(prompt + target)", file=sys.stderr)
     return [e for e in encoded if e is not None]
 
 
@@ -268,15 +274,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: LR_DEFAULTS, 2e-4 LoRA, 1e-3 "
                    "tiny full fine-tuning, 1e-5 full fine-tuning of real models)")
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch (SCALE_DEFAULTS: 16 tiny, "
+                   "4 real)")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (SCALE_DEFAULTS: 1 "
+                   "tiny, 8 real)")
     p.add_argument("--epochs", type=float, default=1.0, help="passes over a finite data file")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs; "
                    "required for the pretraining stream)")
     p.add_argument("--schedule-steps", type=int, default=None, help="length of the warmup + cosine schedule, when "
                    "it differs from the steps run (to reproduce a run that --max-minutes stopped early)")
     p.add_argument("--warmup", type=int, default=20, help="linear warmup steps before the cosine decay")
-    p.add_argument("--max-len", type=int, default=1024, help="tokens per sequence (prompts lose their oldest tokens)")
+    p.add_argument("--max-len", type=int, default=None, help="tokens per sequence; longer samples are skipped, with a "
+                   "count (SCALE_DEFAULTS: 1024 tiny, 4096 real)")
     p.add_argument("--allow-large-cold-start", action="store_true")
     p.add_argument("--replay-ratio", type=float, default=3.0, help="cold start: no-thinking base SFT samples "
                    "mixed into each epoch per reasoning sample, against forgetting the action policy; 0 = none")
@@ -285,7 +294,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-bad", action="store_true", help="skip invalid records instead of failing")
     p.add_argument("--inspect", type=int, metavar="N", default=0,
                    help="print N rendered samples with the supervised span marked, then exit")
-    return resolve_defaults(resume_args(p.parse_args(argv)), LR_DEFAULTS)
+    return resolve_defaults(resume_args(p.parse_args(argv)), SCALE_DEFAULTS, LR_DEFAULTS)
 
 
 def inspect_samples(args, tokenizer) -> None:
@@ -313,11 +322,11 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.schedule_steps or total))
-    evaluator = held_out_evaluator(args.eval_data, args.eval_limit, tokenizer, thinking=args.mode == "cold-start")
+    evaluator = held_out_evaluator(args, tokenizer, thinking=args.mode == "cold-start")
     for step in range(run.start(total, model, tokenizer, optimizer, scheduler, evaluator), total):
         batches = [collate(source.batch(step * args.grad_accum + m), tokenizer.pad_token_id)
                    for m in range(args.grad_accum)]
-        record = sft_step(model, optimizer, scheduler, params, batches, args.clip)
+        record = sft_step(model, optimizer, scheduler, params, batches, args.clip, args.precision)
         if run.end_step(step + 1, record):
             break
     return run.finish()

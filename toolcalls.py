@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+MAX_ARGUMENT_DEPTH = 32   # no tool schema nests deeper; deeper arguments are a format error, not a crash
 
 
 @dataclass
@@ -65,7 +66,21 @@ def parse_call(body: str) -> tuple[dict | None, str | None]:
             return None, "tool call arguments string is not valid JSON"
     if not isinstance(args, dict):
         return None, "tool call arguments are not an object"
+    if nesting_depth(args) > MAX_ARGUMENT_DEPTH:
+        return None, f"tool call arguments nested deeper than {MAX_ARGUMENT_DEPTH}"
     return {"name": name, "arguments": args}, None
+
+
+def nesting_depth(value) -> int:
+    """Levels of JSON containers in `value` (0 for a scalar), counted without recursion: json.loads accepts ~1000
+    levels, and anything that walks them recursively (json.dumps, ==) would hit Python's recursion limit."""
+    depth, level = 0, [(value, 0)]
+    while level:
+        item, d = level.pop()
+        if isinstance(item, (dict, list)):
+            depth = max(depth, d + 1)
+            level.extend((child, d + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return depth
 
 
 def parse_completion(text: str) -> Parsed:

@@ -54,9 +54,9 @@ def test_merge_disable_and_round_trip(tmp_path):
     with disable_adapters(model):
         assert torch.equal(model(ids).logits, base)      # the reference policy, exactly
     assert torch.equal(model(ids).logits, adapted)       # re-enabled on exit
-    save_adapter(model, tmp_path / "adapter.safetensors")
+    save_adapter(model, tmp_path / "adapter", base_model="tiny-random")
     other, _ = tiny_model()
-    load_adapter(other, tmp_path / "adapter.safetensors")
+    load_adapter(other, tmp_path / "adapter")
     assert torch.equal(other(ids).logits, adapted)
     merge_lora(model)
     assert not lora_layers(model)

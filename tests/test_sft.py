@@ -183,9 +183,11 @@ def test_replay_passes_over_samples_too_long_and_keeps_the_epoch_size(tmp_path, 
     args = cold_args(write_json(tmp_path / "c.json", cold), "--replay-ratio", "2", "--replay-data",
                      str(demo_dir / "retail_train.json"))
     source = sft.BatchSource(args, tiny_tokenizer)
-    source.args.max_len = 20   # about one base SFT target in ten is longer than this (checked below)
-    pool = [encode_turn(tiny_tokenizer, s, False, 20) for s in source.replay[:200]]
+    lengths = sorted(len(encode_turn(tiny_tokenizer, s, False, 10_000).input_ids) for s in source.replay[:200])
+    max_len = lengths[int(0.8 * len(lengths))]   # about one base SFT sample in five is longer (checked below)
+    source.args.max_len = max_len
+    pool = [encode_turn(tiny_tokenizer, s, False, max_len) for s in source.replay[:200]]
     assert 0 < pool.count(None) < len(pool) / 2
     replayed = source.replayed(0)
     assert len(replayed) == source.n_replay == 2 * len(source.encoded)
-    assert all(len(seq.input_ids) <= 20 for seq in replayed)
+    assert all(len(seq.input_ids) <= max_len for seq in replayed)
