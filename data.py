@@ -10,8 +10,11 @@ and turns every assistant action after the first user message into one *turn sam
 SFT trains on turn samples, GRPO rewards against them, eval scores against them.
 
 Reasoning: a `gpt` value that starts with `<think>...</think>` carries the action's reasoning (the
-demo cold-start set is written this way); the rest of the value is the answer text. A `gpt` text
-directly followed by `function_call` entries is one assistant message with content and tool calls.
+demo cold-start set is written this way); the rest of the value is the answer text. APIGen-MT's own
+reasoning, `think` tool calls ({"name": "think", "arguments": {"thought": ...}}, empty observation), becomes
+the reasoning of the next action (thoughts the agent never acts on before the user speaks are dropped),
+and the `think` tool leaves the tool list. Contexts carry no earlier reasoning: only a target keeps its own.
+A `gpt` text directly followed by `function_call` entries is one assistant message with content and tool calls.
 
 Next-action tests (ALMITA-style, JSONL, one test a line) share the converter:
 
@@ -21,14 +24,17 @@ Next-action tests (ALMITA-style, JSONL, one test a line) share the converter:
 
 CLI:  python data.py inspect PATH [--skip-bad]      python data.py demo --out DIR [--seed N]
       python data.py split PATH --out DIR [--test 200]  (hold out whole conversations of a real data file)
+      python data.py cold-start TRAIN --out FILE [--turns 96]  (the cold-start set, from APIGen-MT's think calls)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +44,8 @@ from cli import BadInput, run_cli
 from worlds import retail_splits
 
 ROLES = {"human", "gpt", "function_call", "observation"}
+THINK_TOOL = "think"   # APIGen-MT's reasoning: {"name": "think", "arguments": {"thought": ...}}, empty observation
+MAX_COLD_START_TURNS = 99   # "fewer than 100 examples" (the paper)
 
 
 class DataError(BadInput, ValueError):
@@ -166,6 +174,8 @@ def convert_entries(entries, where: str) -> list[dict]:
     messages: list[dict] = []
     open_calls = 0            # calls made whose observations have not arrived yet
     calling: Action | None = None  # the assistant action that further function_calls join
+    thoughts: list[str] = []  # think calls since the last action: the reasoning of the next one
+    think_observations = 0    # think calls whose (empty) observations have not arrived yet
     for k, entry in enumerate(entries):
         at = f"{where}[{k}]"
         if not isinstance(entry, dict):
@@ -175,19 +185,31 @@ def convert_entries(entries, where: str) -> list[dict]:
             raise DataError(f"{at}.from: unknown role {role!r} (expected one of {sorted(ROLES)})")
         if not isinstance(value, str):
             raise DataError(f"{at}.value: must be a string, got {type(value).__name__}")
+        if role == "observation" and think_observations and not value.strip():
+            think_observations -= 1
+            continue
         if role == "function_call":
             call = parse_call(value, f"{at}.value")
+            if call["name"] == THINK_TOOL:
+                thoughts.append(str(call["arguments"].get("thought", "")).strip())
+                think_observations += 1
+                calling = None
+                continue
             open_calls += 1
             if calling is None:  # a call not preceded by assistant text starts a new action
-                calling = Action()
+                calling = Action(reasoning="\n".join(thoughts) if thoughts else None)
+                thoughts = []
                 messages.append({"role": "assistant", "action": calling})
             calling.tool_calls.append(call)  # a parallel call, or the calls of a text action
         elif role == "gpt":
             reasoning, content = split_reasoning(value, f"{at}.value")
+            if reasoning is None and thoughts:
+                reasoning = "\n".join(thoughts)
+            thoughts = []
             calling = Action(content, [], reasoning)
             messages.append({"role": "assistant", "action": calling})
         elif role == "human":
-            calling = None
+            calling, thoughts = None, []   # a thought the agent never acted on is dropped
             messages.append({"role": "user", "content": value})
         else:  # observation
             if open_calls == 0:
@@ -211,7 +233,7 @@ def convert_record(record, where: str, conversation_id: str) -> Conversation:
     system = record.get("system", "")
     if not isinstance(system, str):
         raise DataError(f"{where}: system: must be a string")
-    tools = parse_tools(record["tools"], f"{where}: tools")
+    tools = [t for t in parse_tools(record["tools"], f"{where}: tools") if t["name"] != THINK_TOOL]
     messages = convert_entries(record["conversations"], f"{where}: conversations")
     return Conversation(conversation_id, system, tools, messages)
 
@@ -279,17 +301,26 @@ def is_next_action_file(records: list) -> bool:
     return bool(records) and isinstance(records[0], dict) and "expected" in records[0]
 
 
+def without_history_reasoning(sample: TurnSample) -> TurnSample:
+    """The sample with the reasoning of its earlier assistant turns dropped: only the target keeps its own. Every
+    context a model is trained, rewarded or evaluated on is a reference history without reasoning; a cold start on
+    histories that show thinking teaches the model to think only after turns that were themselves thought."""
+    messages = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in sample.messages]
+    return dataclasses.replace(sample, messages=messages)
+
+
 def load_turn_samples(path: str | Path, skip_bad: bool = False) -> tuple[list[TurnSample], list[str]]:
-    """Turn samples of an APIGen-MT-5k file or of a next-action test file (detected by its 'expected' key)."""
+    """Turn samples of an APIGen-MT-5k file or of a next-action test file (detected by its 'expected' key), their
+    contexts without earlier reasoning (without_history_reasoning)."""
     name = Path(path).name
     records = read_records(path)
     if not is_next_action_file(records):
         conversations, skipped = load_conversations(path, skip_bad)
-        return [s for c in conversations for s in c.turn_samples()], skipped
+        return [without_history_reasoning(s) for c in conversations for s in c.turn_samples()], skipped
     samples, skipped = [], []
     for i, record in enumerate(records):
         try:
-            samples.append(convert_next_action_test(record, f"{name}: record {i}"))
+            samples.append(without_history_reasoning(convert_next_action_test(record, f"{name}: record {i}")))
         except DataError as e:
             if not skip_bad:
                 raise
@@ -336,6 +367,12 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 DEMO_FILES = {"train": "retail_train.json", "test": "retail_test.json", "cold_start": "retail_cold_start.json"}
 NEXT_ACTION_FILE = "retail_test_next_action.jsonl"
 
@@ -348,11 +385,8 @@ def write_demo(out: str | Path, seed: int = 0) -> dict[str, Path]:
     for split, records in retail_splits(seed).items():
         paths[split] = out / DEMO_FILES[split]
         write_json_atomic(paths[split], records)
-    tests = next_action_tests(load_conversations(paths["test"])[0])
     paths["test_next_action"] = out / NEXT_ACTION_FILE
-    tmp = paths["test_next_action"].with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(t) + "\n" for t in tests), encoding="utf-8")
-    os.replace(tmp, paths["test_next_action"])
+    write_jsonl_atomic(paths["test_next_action"], next_action_tests(load_conversations(paths["test"])[0]))
     return paths
 
 
@@ -389,6 +423,55 @@ def split_records(path: str, out: str | Path, n_test: int, seed: int) -> dict[st
     return paths
 
 
+REFUSAL = re.compile(r"\b(sorry|unable|cannot|can't|not able|not allowed|not possible)\b", re.IGNORECASE)
+
+
+def action_kind(action: Action) -> str:
+    """What kind of action a turn is: the tool it calls (parallel calls: their names joined by +), or for an answer
+    a clarifying question (ends with '?'), a refusal (sorry / cannot / unable ...), or a plain answer."""
+    if action.tool_calls:
+        return "call " + "+".join(sorted({c["name"] for c in action.tool_calls}))
+    text = action.content.strip()
+    if text.endswith("?"):
+        return "answer: question"
+    return "answer: refusal" if REFUSAL.search(text) else "answer"
+
+
+def build_cold_start(path: str | Path, turns: int = 96, seed: int = 0) -> tuple[list[dict], Counter]:
+    """The cold-start set of an APIGen-MT-5k file: `turns` (< 100) next-action tests whose expected action carries
+    the reasoning of the `think` calls before it, spread over the kinds of action (action_kind) as evenly as the
+    data allows: the kinds are taken in turn (sorted by name), each contributing its next example in a seeded
+    order, from a conversation not used yet while there is one. Returns the tests and their count per kind."""
+    name = Path(path).name
+    if not 0 < turns <= MAX_COLD_START_TURNS:
+        raise DataError(f"--turns {turns}: the cold start uses between 1 and {MAX_COLD_START_TURNS} turns")
+    candidates = [s for s in load_turn_samples(path)[0] if s.target.reasoning]
+    if not candidates:
+        raise DataError(f"{name}: no '{THINK_TOOL}' tool calls with a thought before an action, so there is no "
+                        f"reasoning to build a cold start from; write one by hand instead (gpt values that start with "
+                        f"<think>...</think>, README: Data)")
+    by_kind: dict[str, list[TurnSample]] = {}
+    for s in candidates:
+        by_kind.setdefault(action_kind(s.target), []).append(s)
+    rng = random.Random(seed)
+    for kind in sorted(by_kind):
+        rng.shuffle(by_kind[kind])
+    chosen, used, counts = [], set(), Counter()
+    while len(chosen) < min(turns, len(candidates)):
+        for kind in sorted(by_kind):
+            pool = by_kind[kind]
+            if not pool or len(chosen) == turns:
+                continue
+            pick = next((s for s in pool if s.conversation_id not in used), pool[0])
+            pool.remove(pick)
+            used.add(pick.conversation_id)
+            chosen.append(pick)
+            counts[kind] += 1
+    tests = [{"conversation_id": s.conversation_id, "system": s.system, "tools": json.dumps(s.tools),
+              "context": to_entries(s.messages), "expected": to_entries([s.target.message()])} for s in chosen]
+    return tests, counts
+
+
 def inspect(path: str, skip_bad: bool) -> None:
     samples, skipped = load_turn_samples(resolve_data(path), skip_bad)
     conversations = len({s.conversation_id for s in samples})
@@ -420,6 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--test", type=int, default=200, help="records held out")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("cold-start", help="build the cold-start set (< 100 turns with reasoning) from the think "
+                       "calls of an APIGen-MT-5k file: use the train part of a split")
+    p.add_argument("path")
+    p.add_argument("--out", required=True, help="the set, as next-action tests (JSONL)")
+    p.add_argument("--turns", type=int, default=96, help="examples, fewer than 100")
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("demo", help="write the retail demo splits (deterministic)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -428,6 +517,15 @@ def main(argv: list[str] | None = None) -> int:
     def body():
         if args.command == "inspect":
             inspect(args.path, args.skip_bad)
+        elif args.command == "cold-start":
+            tests, counts = build_cold_start(args.path, args.turns, args.seed)
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_jsonl_atomic(out, tests)
+            print(f"{out}: {len(tests)} turns with reasoning from {len({t['conversation_id'] for t in tests})} "
+                  f"conversations")
+            for kind, n in sorted(counts.items()):
+                print(f"  {n:3d}  {kind}")
         elif args.command == "split":
             for name, path in split_records(args.path, args.out, args.test, args.seed).items():
                 print(f"{name}: {path}")

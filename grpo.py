@@ -252,7 +252,8 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
 
 
 def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, samples: list[TurnSample],
-              prompts: list[list[int]], generator: torch.Generator, args, thinking: bool, weights: RewardWeights) -> dict:
+              prompts: list[list[int]], generator: torch.Generator, args, thinking: bool, weights: RewardWeights
+              ) -> dict:
     """One GRPO step: rollout, rewards, advantages, reference log-probs, policy update(s)."""
     G, T = args.group_size, args.temperature or 1.0
     device = next(model.parameters()).device

@@ -137,7 +137,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> None:
     expected = adapter_state(model)
     missing = set(expected) - set(state)
     if missing:
-        raise ValueError(f"{adapter_dir / WEIGHTS_FILE}: adapter lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+        raise ValueError(f"{adapter_dir / WEIGHTS_FILE}: adapter lacks {len(missing)} tensors, "
+                         f"e.g. {sorted(missing)[0]}")
     layers = lora_layers(model)
     with torch.no_grad():
         for key in expected:

@@ -17,16 +17,16 @@ tokenised separately, exactly as the prompt is tokenised at inference.
               is the action alone (never supervise an empty think block the model will not generate).
   cold-start: thinking on; the target is <think>\\n{reasoning}\\n</think>\\n\\n{action}. The set must hold
               fewer than 100 reasoning-annotated turns (the method's point) unless --allow-large-cold-start.
-              Earlier turns of a context lose their reasoning (GRPO and evaluation contexts carry none), and
-              each epoch mixes in --replay-ratio no-thinking base SFT samples per reasoning sample, so that
-              learning to think from a few examples does not erase the action policy of stage 1.
+              Its contexts carry no earlier reasoning (data.load_turn_samples drops it, as GRPO and evaluation
+              contexts carry none), and each epoch mixes in --replay-ratio no-thinking base SFT samples per
+              reasoning sample, so that learning to think from a few examples does not erase the action policy
+              of stage 1.
   pretrain:   loss on every token of whole conversations (builds the tiny base from tiny-random).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import math
 import random
@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from cli import run_cli
-from data import (DataError, TurnSample, convert_record, load_turn_samples, prompt_ids, read_records, render_prompt,
-                  resolve_data)
+from data import (MAX_COLD_START_TURNS, DataError, TurnSample, convert_record, load_turn_samples, prompt_ids,
+                  read_records, render_prompt, resolve_data)
 from eval import held_out_evaluator
 from model import autocast, load, trained_as
 from pretrain_worlds import pretrain_stream
@@ -48,7 +48,6 @@ from runs import Run, add_run_arguments, load_for_training, optimizer_step, reso
 
 IGNORE = -100
 PRETRAIN_STREAM = "demo:pretrain-stream"
-MAX_COLD_START_TURNS = 99  # "fewer than 100 examples" (the paper)
 DEFAULT_DATA = {"base": "demo:train", "cold-start": "demo:cold_start", "pretrain": PRETRAIN_STREAM}
 # Peak learning rate when --lr is not given: full fine-tuning of a tiny model learns fast at 1e-3; LoRA on a real
 # model at 2e-4 and full fine-tuning of a real model at 1e-5 are the usual SFT rates for models of 1-8 B.
@@ -165,14 +164,6 @@ def sft_step(model, optimizer, scheduler, params: list[torch.nn.Parameter], batc
 # ----------------------------------------------------------------------------------------------
 # Data for a run
 # ----------------------------------------------------------------------------------------------
-def without_history_reasoning(sample: TurnSample) -> TurnSample:
-    """The sample with the reasoning of its earlier assistant turns dropped. GRPO and evaluation contexts are
-    reference histories, which carry none; the cold start must see its contexts in that same form, or the
-    model learns to think only after turns that were themselves preceded by thinking."""
-    messages = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in sample.messages]
-    return dataclasses.replace(sample, messages=messages)
-
-
 def load_encoded(args, tokenizer, limit: int | None = None) -> list[Encoded]:
     """The training sequences of a finite data file for this mode (the first `limit` of them)."""
     if args.mode == "pretrain":
@@ -187,7 +178,7 @@ def load_encoded(args, tokenizer, limit: int | None = None) -> list[Encoded]:
         if len(with_reasoning) > MAX_COLD_START_TURNS and not args.allow_large_cold_start:
             raise DataError(f"{Path(args.data).name}: {len(with_reasoning)} reasoning-annotated turns; the cold "
                             f"start uses fewer than 100 (pass --allow-large-cold-start to train on them anyway)")
-        samples = [without_history_reasoning(s) for s in with_reasoning]
+        samples = with_reasoning
     if not samples:
         raise DataError(f"{Path(args.data).name}: no usable turn samples for mode {args.mode}")
     encoded = [encode_turn(tokenizer, s, args.mode == "cold-start", args.max_len, f"{Path(args.data).name}: "

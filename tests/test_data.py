@@ -30,15 +30,16 @@ def test_conversion_merges_text_with_calls_and_parallel_calls(tmp_path):
     [c], skipped = load_conversations(write(tmp_path, [record(conv)]))
     assert skipped == []
     roles = [m["role"] for m in c.messages]
-    assert roles == ["user", "assistant", "tool", "tool", "assistant"]
+    assert roles == ["user", "assistant", "tool", "assistant"]    # the think call and its empty observation go
     first = c.messages[1]["action"]
     assert first.content == "Let me check."
-    assert [t["name"] for t in first.tool_calls] == ["get_order_details", "think"]  # parallel; think stays a call
-    last = c.messages[4]["action"]
-    assert (last.reasoning, last.content) == ("because", "Done.")
+    assert [t["name"] for t in first.tool_calls] == ["get_order_details"]
+    assert c.messages[2]["content"] == "{}"
+    last = c.messages[3]["action"]
+    assert (last.reasoning, last.content) == ("because", "Done.")   # its own reasoning wins over the thought
     samples = c.turn_samples()
     assert len(samples) == 2
-    assert samples[1].messages[-1] == {"role": "tool", "content": ""}
+    assert samples[1].messages[-1] == {"role": "tool", "content": "{}"}
     assert samples[0].target.is_tool_call and not samples[1].target.is_tool_call
 
 
@@ -153,3 +154,63 @@ def test_split_holds_out_whole_records(tmp_path):
     test = json.loads((tmp_path / "s" / "test.json").read_text())
     assert len(train) == 7 and len(test) == 3
     assert sorted(r["conversations"][0]["value"] for r in train + test) == sorted(str(i) for i in range(10))
+
+
+def think(thought):
+    return [{"from": "function_call", "value": json.dumps({"name": "think", "arguments": {"thought": thought}})},
+            {"from": "observation", "value": ""}]
+
+
+THINK_TOOLS = json.dumps([{"name": "get_order_details", "description": "d", "parameters": {}},
+                          {"name": "think", "description": "think", "parameters": {}}])
+
+
+def test_think_calls_become_the_reasoning_of_the_next_action(tmp_path):
+    conv = [{"from": "human", "value": "Where is W1?"}, *think("I need the order."),
+            {"from": "function_call", "value": CALL}, {"from": "observation", "value": '{"status": "pending"}'},
+            *think("It is pending."), *think("Tell them."), {"from": "gpt", "value": "It is pending."},
+            {"from": "human", "value": "Thanks"}, *think("Nothing to do."),            # never acted on: dropped
+            {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Bye!"}]
+    samples, _ = load_turn_samples(write(tmp_path, [record(conv, tools=THINK_TOOLS)]))
+    assert [(s.target.reasoning, s.target.content, [c["name"] for c in s.target.tool_calls]) for s in samples] == [
+        ("I need the order.", "", ["get_order_details"]), ("It is pending.\nTell them.", "It is pending.", []),
+        (None, "Bye!", [])]
+    assert [t["name"] for t in samples[0].tools] == ["get_order_details"]       # the think tool is gone
+    assert [m["role"] for m in samples[2].messages] == ["user", "assistant", "tool", "assistant", "user", "user"]
+    assert all("reasoning_content" not in m for s in samples for m in s.messages)  # contexts carry no reasoning
+
+
+@pytest.mark.parametrize("action,kind", [
+    (data.Action("", [{"name": "b", "arguments": {}}, {"name": "a", "arguments": {}}]), "call a+b"),
+    (data.Action("Could you give me your order id?"), "answer: question"),
+    (data.Action("Sorry, delivered orders cannot be cancelled."), "answer: refusal"),
+    (data.Action("Your order is pending."), "answer"),
+])
+def test_action_kind(action, kind):
+    assert data.action_kind(action) == kind
+
+
+def test_cold_start_set_spreads_over_kinds(tmp_path):
+    calls = [json.dumps({"name": n, "arguments": {}}) for n in ("get_order_details", "cancel")]
+    records = []
+    for i in range(12):   # conversation i: a call of tool i % 2, then a question, each after a thought
+        conv = [{"from": "human", "value": f"user {i}"}, *think(f"call {i}"),
+                {"from": "function_call", "value": calls[i % 2]}, {"from": "observation", "value": "{}"},
+                *think(f"ask {i}"), {"from": "gpt", "value": "Which one?"}]
+        records.append(record(conv, tools=THINK_TOOLS))
+    tests, counts = data.build_cold_start(write(tmp_path, records), turns=5, seed=1)
+    # three kinds taken in turn (sorted): answer: question, call cancel, call get_order_details, then again
+    assert counts == {"answer: question": 2, "call cancel": 2, "call get_order_details": 1}
+    assert len({t["conversation_id"] for t in tests}) == 5        # one example per conversation while possible
+    out = tmp_path / "cold.jsonl"
+    out.write_text("".join(json.dumps(t) + "\n" for t in tests))
+    samples, _ = load_turn_samples(out)
+    assert len(samples) == 5 and all(s.target.reasoning for s in samples)
+
+
+def test_cold_start_without_think_calls_fails_in_one_line(tmp_path, capsys):
+    path = write(tmp_path, [record([{"from": "human", "value": "hi"}, {"from": "gpt", "value": "Hello"}])])
+    assert data.main(["cold-start", str(path), "--out", str(tmp_path / "c.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no 'think' tool calls" in err and "train.json" in err
+    assert data.main(["cold-start", str(path), "--out", str(tmp_path / "c.jsonl"), "--turns", "100"]) == 2
