@@ -1,6 +1,7 @@
 """Metrics on held-out turn samples, and one table across models (stages).
 
     python eval.py --model tiny --model runs/sft --data D/retail_test.json [--thinking on|off] [--out table.json]
+    python eval.py --model runs/grpo --episodes 100 [--trials 4] [--show 2]    whole conversations (episodes.py)
 
 Each held-out turn is decoded greedily from its context and compared with the reference action:
 
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from cli import run_cli
+from episodes import load_tasks, run_episodes, score, transcript
 from model import PRECISIONS, autocast, eos_ids, is_tiny, load, resolve_precision, trained_as
 from rewards import composite_reward, r_decision, r_format
 from sampling import generate
@@ -115,8 +117,9 @@ def aggregate(results: list[TurnResult]) -> dict[str, float]:
 
 
 def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_size: int,
-                   max_new_tokens: int, precision: str, progress: bool = False) -> list[tuple[str, bool]]:
-    """Greedy completions (text, truncated) for each sample, batched by prompt length."""
+                   max_new_tokens: int, precision: str, progress: bool = False, temperature: float = 0.0,
+                   generator: torch.Generator | None = None) -> list[tuple[str, bool]]:
+    """Completions (text, truncated) for each sample, batched by prompt length; greedy unless a temperature."""
     prompts = [prompt_ids(tokenizer, s, thinking) for s in samples]
     order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
     outputs: list[tuple[str, bool]] = [("", True)] * len(samples)
@@ -125,7 +128,8 @@ def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, 
         idx = order[k:k + batch_size]
         with autocast(precision, device):
             gen = generate(model, [prompts[i] for i in idx], eos_ids=eos_ids(model, tokenizer),
-                           pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, temperature=0.0)
+                           pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, temperature=temperature,
+                           generator=generator)
         for i, ids, truncated in zip(idx, gen.completion_lists(), gen.truncated.tolist()):
             outputs[i] = (tokenizer.decode(ids, skip_special_tokens=True), truncated)
     return outputs
@@ -159,15 +163,29 @@ def held_out_evaluator(args, tokenizer, thinking: bool) -> Callable | None:
     return lambda model: evaluate(model, tokenizer, samples, thinking, precision=args.precision, **settings)
 
 
+def episode_agent(model, tokenizer, thinking: bool, settings: dict, precision: str, temperature: float,
+                  generator: torch.Generator) -> Callable:
+    """episodes.Agent of a model: one sampled completion for each active episode's conversation so far."""
+    def agent(active: list) -> list[str]:
+        model.eval()
+        return [text for text, _ in generate_texts(model, tokenizer, [e.context() for e in active], thinking,
+                                                   settings["batch_size"], settings["max_new_tokens"], precision,
+                                                   temperature=temperature, generator=generator)]
+    return agent
+
+
 COLUMNS = ["reward", "format_rate", "decision_acc", "tool_name_acc", "exact_match", "arg_f1", "answer_f1",
            "turn_success", "conv_success", "reasoning_words"]
+EPISODE_COLUMNS = ["task_success", "end_state", "communicated", "pass^1", "pass^2", "pass^4", "turns", "tool_errors",
+                   "violations", "turn_limit"]
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
+def format_table(rows: dict[str, dict[str, float]], columns: list[str] = COLUMNS) -> str:
+    columns = [c for c in columns if all(c in m for m in rows.values())]
     width = max(12, *(len(name) for name in rows))
-    lines = [f"{'model':<{width}} " + " ".join(f"{c[:11]:>11}" for c in COLUMNS)]
+    lines = [f"{'model':<{width}} " + " ".join(f"{c[:12]:>12}" for c in columns)]
     for name, m in rows.items():
-        lines.append(f"{name:<{width}} " + " ".join(f"{m[c]:>11.3f}" for c in COLUMNS))
+        lines.append(f"{name:<{width}} " + " ".join(f"{m[c]:>12.3f}" for c in columns))
     return "\n".join(lines)
 
 
@@ -183,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="(SCALE_DEFAULTS: 64 tiny, 16 real)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="(SCALE_DEFAULTS: 128 tiny, 1024 real)")
     p.add_argument("--out", help="write the table as JSON here")
+    p.add_argument("--episodes", metavar="N_OR_FILE", help="whole conversations instead of turns: N tasks of held-out "
+                   "users (or a tasks file of `python episodes.py tasks`), a scripted user, tau-bench's metrics")
+    p.add_argument("--trials", type=int, default=4, help="episodes: trials per task (the K of pass^k)")
+    p.add_argument("--temperature", type=float, default=1.0, help="episodes: the agent's sampling temperature")
+    p.add_argument("--turn-limit", type=int, default=12, help="episodes: agent turns before the user gives up")
+    p.add_argument("--show", type=int, default=0, metavar="N", help="episodes: print N transcripts per model")
+    p.add_argument("--seed", type=int, default=0, help="episodes: tasks and sampling")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="compute precision (autocast; auto: bf16 on a GPU, fp32 on the CPU)")
@@ -193,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give one --name per --model")
 
     def body():
+        if args.episodes:
+            return evaluate_episodes(args, names, precision)
         samples = load_turn_samples(resolve_data(args.data))[0][:args.limit]
         rows = {}
         for name, model_name in zip(names, args.model):
@@ -206,6 +233,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     return run_cli(body)
+
+
+def evaluate_episodes(args, names: list[str], precision: str) -> None:
+    """The episode table across models (episodes.py), with --show transcripts."""
+    tasks = load_tasks(args.episodes, args.seed)
+    rows = {}
+    for name, model_name in zip(names, args.model):
+        thinking = args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
+        model, tokenizer = load(model_name, device=args.device)
+        settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+        agent = episode_agent(model, tokenizer, thinking, settings, precision, args.temperature, generator)
+        t0 = time.perf_counter()
+        with tqdm(total=len(tasks) * args.trials, desc=f"episodes {name}", dynamic_ncols=True) as bar:
+            episodes = run_episodes(agent, tasks, args.trials, args.turn_limit, args.seed,
+                                    progress=lambda done: bar.update(done - bar.n))
+        rows[name] = {**score(episodes, args.trials, args.seed), "thinking": thinking,
+                      "seconds": round(time.perf_counter() - t0, 1)}
+        for e in episodes[::args.trials][:args.show]:
+            print(transcript(e) + "\n")
+    print(format_table(rows, EPISODE_COLUMNS))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def thinking_model(model_name: str) -> bool:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The method of arXiv 2512.11277 ("When Actions Teach You to Think") end to end:
-#   vanilla -> (1) base SFT -> (2) cold-start reasoning SFT -> (3) GRPO -> evaluation of all four on held-out turns.
+#   vanilla -> (1) base SFT -> (2) cold-start reasoning SFT -> (3) GRPO -> evaluation of all four on held-out turns
+#   (and, in the demo world, on whole conversations with a scripted user: EPISODES tasks x 4 trials).
 #
 #   bash pipeline.sh                                            the offline tiny default on the demo world
 #   MODEL=models/Qwen3-1.7B DATA=apigen-mt_5k.json bash pipeline.sh     the paper's setting, nothing written by hand:
@@ -45,4 +46,9 @@ stage grpo       python grpo.py --model "$OUT/cold" --data "$TRAIN" --out "$OUT/
 stage eval       python eval.py --data "$TEST" --out "$OUT/results.json" $EVAL_FLAGS \
                      --model "$MODEL" --name vanilla --model "$OUT/sft" --name base_sft \
                      --model "$OUT/cold" --name cold_start --model "$OUT/grpo" --name grpo
+if [ -z "${DATA:-}" ]; then    # whole conversations on each model's own actions, in the demo world (episodes.py)
+    stage episodes python eval.py --episodes "${EPISODES:-100}" --trials 4 --seed "$SEED" --out "$OUT/episodes.json" \
+                     --model "$MODEL" --name vanilla --model "$OUT/sft" --name base_sft \
+                     --model "$OUT/cold" --name cold_start --model "$OUT/grpo" --name grpo
+fi
 echo "stage seconds:"; cat "$OUT/times.txt"

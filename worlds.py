@@ -263,6 +263,30 @@ RETAIL_TOOLS = [
 ]
 
 
+# What retail users say, per request (and per detail given when asked), shared by the flows below and by the
+# scripted user of the episodes (episodes.py), so that the agent is tested on its skill, not on unseen wording.
+USER_SAYS = {
+    "status": ["What is the status of my order {order_id}?", "Can you check order {order_id} for me?",
+               "Hi, where is order {order_id}?"],
+    "status, no id": ["Can you check on my order?", "Where is my order?", "I want to know the status of an order."],
+    "order id": ["It is {order_id}.", "The order id is {order_id}.", "{order_id}"],
+    "cancel": ["Please cancel order {order_id}, it was {reason}.",
+               "I want to cancel my order {order_id} because it is {reason}."],
+    "return": ["I'd like to return the {item} from order {order_id}.",
+               "Can I return the {item} I got in order {order_id}?"],
+    "address": ["My email is {email}. What address do you have for me?",
+                "Hi, I'm {name}, email {email}. Which address is on my account?"],
+    "address, no email": ["What address do you have on file for me?"],
+    "email": ["My email is {email}."],
+    "product": ["How much does product {product_id} cost?", "Is product {product_id} in stock?",
+                "Can you tell me about product {product_id}?"],
+    "two orders": ["Can you check my orders {a} and {b}?", "What is the status of orders {a} and {b}?"],
+    "new address": ["My user id is {user_id}. Please change my address to {where}."],
+    "new address, no id": ["Please change my address to {where}."],
+    "user id": ["My user id is {user_id}."],
+}
+
+
 def pick_order(d: Dialog, user: dict, status: str | None = None) -> dict:
     orders = [d.db["orders"][o] for o in user["orders"]]
     matching = [o for o in orders if status is None or o["status"] == status]
@@ -272,13 +296,10 @@ def pick_order(d: Dialog, user: dict, status: str | None = None) -> dict:
 def retail_status(d: Dialog, user: dict) -> None:
     o = pick_order(d, user)
     if d.rng.random() < 0.3:
-        ask_for(d, "order id", d.rng.choice(["Can you check on my order?", "Where is my order?",
-                                             "I want to know the status of an order."]))
-        d.user(d.rng.choice([f"It is {o['order_id']}.", f"The order id is {o['order_id']}.", o["order_id"]]))
+        ask_for(d, "order id", d.rng.choice(USER_SAYS["status, no id"]))
+        d.user(d.rng.choice(USER_SAYS["order id"]).format(**o))
     else:
-        d.user(d.rng.choice([f"What is the status of my order {o['order_id']}?",
-                             f"Can you check order {o['order_id']} for me?",
-                             f"Hi, where is order {o['order_id']}?"]))
+        d.user(d.rng.choice(USER_SAYS["status"]).format(**o))
     [r] = d.call(f"The user gave order id {o['order_id']}; I look it up with get_order_details.",
                  ("get_order_details", {"order_id": o["order_id"]}))
     names = " and ".join(i["name"] for i in r["items"])
@@ -289,8 +310,7 @@ def retail_status(d: Dialog, user: dict) -> None:
 def retail_cancel(d: Dialog, user: dict) -> None:
     o = pick_order(d, user, "pending" if d.rng.random() < 0.6 else None)
     reason = d.rng.choice(["no longer needed", "ordered by mistake"])
-    d.user(d.rng.choice([f"Please cancel order {o['order_id']}, it was {reason}.",
-                         f"I want to cancel my order {o['order_id']} because it is {reason}."]))
+    d.user(d.rng.choice(USER_SAYS["cancel"]).format(order_id=o["order_id"], reason=reason))
     [r] = d.call(f"Before cancelling I must check that order {o['order_id']} is pending.",
                  ("get_order_details", {"order_id": o["order_id"]}))
     if r["status"] != "pending":
@@ -305,8 +325,7 @@ def retail_cancel(d: Dialog, user: dict) -> None:
 def retail_return(d: Dialog, user: dict) -> None:
     o = pick_order(d, user, "delivered" if d.rng.random() < 0.6 else None)
     item = d.rng.choice(o["items"])
-    d.user(d.rng.choice([f"I'd like to return the {item['name']} from order {o['order_id']}.",
-                         f"Can I return the {item['name']} I got in order {o['order_id']}?"]))
+    d.user(d.rng.choice(USER_SAYS["return"]).format(order_id=o["order_id"], item=item["name"]))
     [r] = d.call(f"Only delivered orders can be returned; I check order {o['order_id']} first.",
                  ("get_order_details", {"order_id": o["order_id"]}))
     if r["status"] != "delivered":
@@ -321,11 +340,10 @@ def retail_return(d: Dialog, user: dict) -> None:
 
 def retail_address_by_email(d: Dialog, user: dict) -> None:
     if d.rng.random() < 0.3:
-        ask_for(d, "email address", "What address do you have on file for me?")
-        d.user(f"My email is {user['email']}.")
+        ask_for(d, "email address", USER_SAYS["address, no email"][0])
+        d.user(USER_SAYS["email"][0].format(**user))
     else:
-        d.user(d.rng.choice([f"My email is {user['email']}. What address do you have for me?",
-                             f"Hi, I'm {user['name']}, email {user['email']}. Which address is on my account?"]))
+        d.user(d.rng.choice(USER_SAYS["address"]).format(**user))
     [f] = d.call("I need the user id first, and I can find it from the email.",
                  ("find_user_id_by_email", {"email": user["email"]}))
     [u] = d.call(f"The user id is {f['user_id']}; now I get the user's details.",
@@ -337,8 +355,7 @@ def retail_address_by_email(d: Dialog, user: dict) -> None:
 
 def retail_product(d: Dialog, user: dict) -> None:
     pid = d.rng.choice(sorted(d.db["products"]))
-    d.user(d.rng.choice([f"How much does product {pid} cost?", f"Is product {pid} in stock?",
-                         f"Can you tell me about product {pid}?"]))
+    d.user(d.rng.choice(USER_SAYS["product"]).format(product_id=pid))
     [p] = d.call(f"The user asks about product {pid}; I call get_product_details.",
                  ("get_product_details", {"product_id": pid}))
     stock = "in stock" if p["in_stock"] else "out of stock"
@@ -347,7 +364,7 @@ def retail_product(d: Dialog, user: dict) -> None:
 
 def retail_two_orders(d: Dialog, user: dict) -> None:
     a, b = d.rng.sample(user["orders"], 2)
-    d.user(d.rng.choice([f"Can you check my orders {a} and {b}?", f"What is the status of orders {a} and {b}?"]))
+    d.user(d.rng.choice(USER_SAYS["two orders"]).format(a=a, b=b))
     ra, rb = d.call("The user asks about two independent orders, so I look both up in parallel.",
                     ("get_order_details", {"order_id": a}), ("get_order_details", {"order_id": b}))
     d.say(f"Order {a} is {ra['status']} and order {b} is {rb['status']}.", "I report both statuses.")
@@ -357,10 +374,10 @@ def retail_update_address(d: Dialog, user: dict) -> None:
     new = address(d.rng)
     where = f"{new['address1']}, {new['city']}, {new['zip']}"
     if d.rng.random() < 0.3:
-        ask_for(d, "user id", f"Please change my address to {where}.")
-        d.user(f"My user id is {user['user_id']}.")
+        ask_for(d, "user id", USER_SAYS["new address, no id"][0].format(where=where))
+        d.user(USER_SAYS["user id"][0].format(**user))
     else:
-        d.user(f"My user id is {user['user_id']}. Please change my address to {where}.")
+        d.user(USER_SAYS["new address"][0].format(where=where, **user))
     [r] = d.call("I have the user id and the full new address, so I update it.",
                  ("modify_user_address", {"user_id": user["user_id"], **new}))
     d.say(f"Done! Your address is now {where}.", "The update succeeded; I confirm the new address.")
@@ -384,6 +401,13 @@ RETAIL_USERS = 1200       # customers in the retail database
 RETAIL_TRAIN_USERS = 1000  # the first 1000 serve training and cold start, the rest held-out
 
 
+def retail_world(rng: random.Random) -> tuple[dict, list[dict], list[dict]]:
+    """The retail database (RETAIL_USERS customers) and its users, split into training and held-out users."""
+    db = retail_db(rng, RETAIL_USERS)
+    users = list(db["users"].values())
+    return db, users[:RETAIL_TRAIN_USERS], users[RETAIL_TRAIN_USERS:]
+
+
 def retail_splits(seed: int = 0, n_train: int = 2000, n_test: int = 200, cold_start_turns: int = 96
                   ) -> dict[str, list[dict]]:
     """Retail train / test / cold-start records. Test users (and so their orders) never appear in train.
@@ -394,9 +418,7 @@ def retail_splits(seed: int = 0, n_train: int = 2000, n_test: int = 200, cold_st
     assistant turns.
     """
     rng = random.Random(seed)
-    db = retail_db(rng, RETAIL_USERS)
-    users = list(db["users"].values())
-    train_users, test_users = users[:RETAIL_TRAIN_USERS], users[RETAIL_TRAIN_USERS:]
+    db, train_users, test_users = retail_world(rng)
     train = [conversation(RETAIL, db, rng.choice(train_users), rng) for _ in range(n_train)]
     test = [conversation(RETAIL, db, rng.choice(test_users), rng) for _ in range(n_test)]
     cold, turns = [], 0

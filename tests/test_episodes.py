@@ -1,0 +1,97 @@
+"""Episodes: the scripted user, the episode loop on the agent's own actions, and tau-bench's metrics."""
+
+import json
+
+import pytest
+
+import episodes
+import eval as evaluation
+from episodes import ScriptedUser, gold_agent, make_tasks, pass_hat_k, run_episodes, score, transcript
+from worlds import RETAIL_TRAIN_USERS, USER_SAYS, retail_world
+
+WRITES = {"cancel_pending_order", "return_delivered_order_items", "modify_user_address"}
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return make_tasks(40, seed=0)
+
+
+def changes_db(task) -> bool:
+    return any(c["name"] in WRITES for r in task.requests for action in r.gold for c in action)
+
+
+def test_tasks_are_held_out_users_and_cover_every_flow(tasks):
+    import random
+    _, train_users, test_users = retail_world(random.Random(0))
+    assert {t.user_id for t in tasks} <= {u["user_id"] for u in test_users}
+    assert not {t.user_id for t in tasks} & {u["user_id"] for u in train_users}
+    assert {f for t in tasks for f in t.flows} == set(episodes.FLOWS)
+    assert any(changes_db(t) for t in tasks) and any(not changes_db(t) for t in tasks)
+    assert any(r.withheld for t in tasks for r in t.requests) and len(train_users) == RETAIL_TRAIN_USERS
+
+
+def test_the_gold_agent_succeeds_on_every_task(tasks):
+    eps = run_episodes(gold_agent, tasks, trials=2, turn_limit=12)
+    row = score(eps, trials=2)
+    assert row["task_success"] == 1.0 and row["pass^1"] == 1.0 and row["pass^2"] == 1.0
+    assert row["tool_errors"] == 0 and row["violations"] == 0 and all(e.ended_by == "user" for e in eps)
+
+
+def test_an_agent_that_never_calls_a_tool_fails_every_task_that_changes_the_database(tasks):
+    eps = run_episodes(lambda active: ["Hello! How can I help you today?"] * len(active), tasks, 1, turn_limit=6)
+    writing = [e for e in eps if changes_db(e.task)]
+    assert writing and not any(episodes.end_state_ok(e, episodes.goal_state(e.task, retail_world_db()))
+                               for e in writing)
+    assert score(eps, 1)["task_success"] == 0.0 and all(e.ended_by == "turn limit" for e in eps)
+
+
+def retail_world_db():
+    import random
+    return retail_world(random.Random(0))[0]
+
+
+def test_cancelling_a_delivered_order_is_a_policy_violation_and_fails(tasks):
+    task = next(t for t in make_tasks(200) if t.requests[0].flow == "cancel" and len(t.requests) == 1
+                and t.requests[0].report == ["delivered"])       # the order is delivered: the gold is a refusal
+    order_id = task.requests[0].details["order_id"]
+    cancel = {"name": "cancel_pending_order", "arguments": {"order_id": order_id, "reason": "no longer needed"}}
+    moves = ["Hello!"] * task.greeting + [f"<tool_call>\n{json.dumps(cancel)}\n</tool_call>", task.requests[0].answer]
+    [e] = run_episodes(lambda active: [moves[a.agent_turns] for a in active], [task], 1, turn_limit=5)
+    assert e.violations == 1 and e.db["orders"][order_id]["status"] == "cancelled"
+    assert score([e], 1)["task_success"] == 0.0
+
+
+def test_the_user_answers_with_exactly_the_detail_asked_for_and_is_deterministic(tasks):
+    task = next(t for t in tasks if t.requests[0].flow == "status" and t.requests[0].withheld)
+    order_id = task.requests[0].details["order_id"]
+    user = ScriptedUser(task, 0)
+    user.opening()
+    if task.greeting:
+        assert user.reply("Hello! How can I help you today?") == task.requests[0].text
+    reply = user.reply("Sure, I can help with that. Could you please give me the order id?")
+    assert reply in [s.format(order_id=order_id) for s in USER_SAYS["order id"]]
+    assert ScriptedUser(task, 0).reply("What is your favourite colour?") != reply
+    assert user.reply("Could you tell me your phone number, please?") == episodes.NUDGE   # not a detail it knows
+
+    def play():
+        return [transcript(e) for e in run_episodes(gold_agent, tasks[:10], trials=2, turn_limit=12)]
+    assert play() == play()
+
+
+def test_pass_hat_k_by_hand():
+    # three tasks with 4, 2 and 0 successes of n = 4 trials
+    assert pass_hat_k([4, 2, 0], 4, 1) == pytest.approx((1 + 2 / 4 + 0) / 3)
+    assert pass_hat_k([4, 2, 0], 4, 2) == pytest.approx((6 / 6 + 1 / 6 + 0) / 3)    # C(4,2) = 6, C(2,2) = 1
+    assert pass_hat_k([4, 2, 0], 4, 4) == pytest.approx(1 / 3)
+
+
+def test_tasks_file_round_trips_and_eval_runs_episodes(tmp_path, capsys):
+    assert episodes.main(["tasks", "--n", "3", "--out", str(tmp_path / "tasks.json")]) == 0
+    assert episodes.load_tasks(str(tmp_path / "tasks.json")) == make_tasks(3)
+    assert evaluation.main(["--model", "tiny-random", "--episodes", str(tmp_path / "tasks.json"), "--trials", "2",
+                            "--turn-limit", "2", "--max-new-tokens", "8", "--show", "1",
+                            "--out", str(tmp_path / "e.json")]) == 0
+    row = json.loads((tmp_path / "e.json").read_text())["tiny-random"]
+    assert row["tasks"] == 3 and row["trials"] == 2 and 0 <= row["task_success"] <= 1 and row["turns"] == 2
+    assert "=== task0 trial 0" in capsys.readouterr().out
