@@ -32,8 +32,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from cli import run_cli
+from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from episodes import load_tasks, run_episodes, score, transcript
 from model import PRECISIONS, autocast, eos_ids, is_tiny, load, resolve_precision, trained_as
 from rewards import composite_reward, r_decision, r_format

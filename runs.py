@@ -144,7 +144,8 @@ def optimizer_step(optimizer, scheduler, params: list[torch.nn.Parameter], clip:
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------
-def save_checkpoint(ckpt_dir: str | Path, model, tokenizer, optimizer, scheduler, state: dict) -> None:
+def save_checkpoint(ckpt_dir: str | Path, model, tokenizer, optimizer, scheduler, state: dict,
+                    base_model: str) -> None:
     """A resumable training checkpoint, written atomically: weights (only the adapter under LoRA),
     optimizer moments and RNG in safetensors, step / schedule / data position in state.json. No pickle."""
     sd = optimizer.state_dict()
@@ -154,7 +155,7 @@ def save_checkpoint(ckpt_dir: str | Path, model, tokenizer, optimizer, scheduler
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     with atomic_dir(ckpt_dir) as tmp:
         if lora_layers(model):
-            save_adapter(model, tmp / "adapter", base_model="")
+            save_adapter(model, tmp / "adapter", base_model=base_model)
         else:
             model.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
@@ -260,7 +261,7 @@ class Run:
         self.bar.update(1)
         if not done and step % args.save_every == 0:
             save_checkpoint(self.out / "checkpoint", self.model, self.tokenizer, self.optimizer, self.scheduler,
-                            self.state)
+                            self.state, base_model=self.args.model)
         self.killed = not done and self.stop_after is not None and step >= self.stop_after
         self.clock = time.perf_counter()
         return done or self.killed

@@ -240,3 +240,18 @@ def test_full_fine_tuning_reference_starts_at_kl_zero(tmp_path, train_file):
                       "--keep-zero-variance"]) == 0
     first = json.loads((tmp_path / "g" / "log.jsonl").read_text().splitlines()[0])
     assert first["step"] == 1 and first["kl"] == 0.0
+
+
+def test_lora_run_resumes_from_its_adapter_checkpoint(tmp_path, train_file):
+    common = ["--mode", "base", "--model", "tiny-random", "--data", str(train_file), "--lora-rank", "4",
+              "--max-steps", "6", "--batch-size", "4", "--save-every", "3", "--lr", "1e-3"]
+    assert sft.main(common + ["--out", str(tmp_path / "full")]) == 0
+    cut = tmp_path / "cut"
+    sft.train(sft.parse_args(common + ["--out", str(cut)]), stop_after=3)   # "killed" after step 3
+    config = json.loads((cut / "checkpoint" / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-random" and config["r"] == 4
+    assert sft.main(["--resume", str(cut)]) == 0
+    from safetensors.torch import load_file
+    for name in ("model.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = load_file(str(tmp_path / "full" / name)), load_file(str(cut / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
