@@ -11,9 +11,10 @@
 
 The output directory of a run: args.json (its arguments; `--resume OUT` reads them back and
 `model.trained_as` tells later stages what the run trained), log.jsonl (one JSON line a step),
-checkpoint/ (written atomically every --save-every steps), and at the end the model itself. A resumed
-run restores the checkpoint and drops the log lines of the steps after it, so it ends exactly as an
-uninterrupted run would.
+checkpoint (a symlink to the last complete checkpoint directory, swapped in one atomic rename every
+--save-every steps and when SIGTERM / SIGINT stops the run), and at the end the model itself. A resumed run
+restores the checkpoint and drops the log lines of the steps after it, so it ends exactly as an uninterrupted
+run would.
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -30,9 +36,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from cli import BadInput
+from cli import BadInput, Stopped
 from lora import inject_lora, load_adapter, lora_layers, merge_lora, save_adapter
-from model import PRECISIONS, atomic_dir, is_tiny, load, resolve_precision, save, trained_as
+from model import PRECISIONS, is_tiny, load, resolve_precision, save, trained_as
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,6 +150,30 @@ def optimizer_step(optimizer, scheduler, params: list[torch.nn.Parameter], clip:
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------
+@contextmanager
+def swapped_dir(link: Path):
+    """Yield a fresh directory beside `link`; once it is complete, `link` (a symlink) points to it in one atomic
+    rename, and the directory it pointed to before is removed. At every moment `link` names a complete directory
+    (or nothing, before the first), whenever the process is killed: a kill while writing leaves a hidden
+    half-written directory, removed by the next swap, and the old one in place."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{link.name}.", dir=link.parent))
+    try:
+        yield new
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if link.is_dir() and not link.is_symlink():   # a checkpoint of the layout before this one: set it aside once
+        os.replace(link, link.with_name(f".{link.name}.before"))
+    pointer = link.with_name(f".{link.name}.link")
+    pointer.unlink(missing_ok=True)
+    os.symlink(new.name, pointer)   # relative: the run directory can be moved
+    os.replace(pointer, link)       # the one atomic step
+    for stale in link.parent.glob(f".{link.name}.*"):   # the previous checkpoint, and any half-written one
+        if stale.is_dir() and not stale.is_symlink() and stale != new:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def save_checkpoint(ckpt_dir: str | Path, model, tokenizer, optimizer, scheduler, state: dict,
                     base_model: str) -> None:
     """A resumable training checkpoint, written atomically: weights (only the adapter under LoRA),
@@ -153,7 +183,7 @@ def save_checkpoint(ckpt_dir: str | Path, model, tokenizer, optimizer, scheduler
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    with atomic_dir(ckpt_dir) as tmp:
+    with swapped_dir(Path(ckpt_dir)) as tmp:
         if lora_layers(model):
             save_adapter(model, tmp / "adapter", base_model=base_model)
         else:
@@ -223,7 +253,10 @@ class Run:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.evaluator = evaluator
         ckpt, log_path = self.out / "checkpoint", self.out / "log.jsonl"
-        if self.args.resume and (ckpt / "state.json").exists():
+        if self.args.resume:
+            if not (ckpt / "state.json").exists():
+                raise BadInput(f"{ckpt}: no checkpoint to resume from (the run stopped before its first save); run "
+                               f"it again without --resume to start over")
             self.state = load_checkpoint(ckpt, model, optimizer, scheduler)
             if log_path.exists():
                 kept = [line for line in log_path.read_text().splitlines()
@@ -234,8 +267,26 @@ class Run:
         if evaluator and self.state["step"] == 0:
             self.write({"step": 0, "eval": evaluator(model)})
         self.bar = tqdm(total=self.total, initial=self.state["step"], desc=self.desc, dynamic_ncols=True)
+        self.stop_signal = None
+        self.previous_handlers = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.clock = time.perf_counter()
         return self.state["step"]
+
+    def on_signal(self, signum: int, frame) -> None:
+        """SIGTERM / SIGINT (preemption, Ctrl-C): finish the step, checkpoint, stop. A second one stops at once."""
+        if self.stop_signal is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.stop_signal = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then writing a checkpoint (send it again to "
+              f"stop at once)", file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.log.close()
+        for sig, handler in self.previous_handlers.items():
+            signal.signal(sig, handler)
 
     def write(self, record: dict) -> None:
         self.log.write(json.dumps(record) + "\n")
@@ -250,6 +301,7 @@ class Run:
         record = {"step": step, **record, "train_seconds": round(self.state["train_seconds"], 2)}
         if not record["finite"]:   # the update was not applied; the last checkpoint is still good
             self.write(record)
+            self.close()
             raise FloatingPointError(f"loss or gradient is not finite at step {step}; the update was not applied "
                                      f"and the last good checkpoint is in {self.out / 'checkpoint'}")
         args = self.args
@@ -259,9 +311,13 @@ class Run:
         self.write(record)
         self.bar.set_postfix({key: f"{lookup(record, key):.4g}" for key in self.progress})
         self.bar.update(1)
-        if not done and step % args.save_every == 0:
+        if not done and (step % args.save_every == 0 or self.stop_signal is not None):
             save_checkpoint(self.out / "checkpoint", self.model, self.tokenizer, self.optimizer, self.scheduler,
                             self.state, base_model=self.args.model)
+        if not done and self.stop_signal is not None:
+            self.close()
+            raise Stopped(f"{signal.Signals(self.stop_signal).name} after step {step}, checkpoint written; continue "
+                          f"with: python {self.desc.split()[0]}.py --resume {self.out}", self.stop_signal)
         self.killed = not done and self.stop_after is not None and step >= self.stop_after
         self.clock = time.perf_counter()
         return done or self.killed
@@ -270,8 +326,7 @@ class Run:
         """Save the final model: OUT becomes a valid --model in fp32 (LoRA merged; the adapter beside it in OUT/adapter,
         PEFT's format, for PEFT or vLLM on top of --model; the run's args.json and log.jsonl). None after a
         simulated kill."""
-        self.bar.close()
-        self.log.close()
+        self.close()
         if self.killed:
             return None
         model, out = self.model, self.out
