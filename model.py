@@ -154,16 +154,23 @@ def load(name_or_dir: str, dtype: torch.dtype | None = None, device: str | torch
 
 
 @contextmanager
-def atomic_dir(out_dir: str | Path):
-    """Yield a temp dir beside out_dir; on success it replaces out_dir (rename), on error it is removed."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.parent))
+def staging_dir(target: Path):
+    """A fresh hidden directory beside `target` to write into; removed if the block fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp.", dir=target.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_dir(out_dir: str | Path):
+    """Yield a temp dir beside out_dir; on success it replaces out_dir (rename), on error it is removed."""
+    out_dir = Path(out_dir)
+    with staging_dir(out_dir) as tmp:
+        yield tmp
     old = out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():

@@ -26,7 +26,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +37,7 @@ from tqdm import tqdm
 
 from cli import BadInput, Stopped
 from lora import inject_lora, load_adapter, lora_layers, merge_lora, save_adapter
-from model import PRECISIONS, is_tiny, load, resolve_precision, save, trained_as
+from model import PRECISIONS, is_tiny, load, resolve_precision, save, staging_dir, trained_as
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,13 +155,8 @@ def swapped_dir(link: Path):
     rename, and the directory it pointed to before is removed. At every moment `link` names a complete directory
     (or nothing, before the first), whenever the process is killed: a kill while writing leaves a hidden
     half-written directory, removed by the next swap, and the old one in place."""
-    link.parent.mkdir(parents=True, exist_ok=True)
-    new = Path(tempfile.mkdtemp(prefix=f".{link.name}.", dir=link.parent))
-    try:
+    with staging_dir(link) as new:
         yield new
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
     if link.is_dir() and not link.is_symlink():   # a checkpoint of the layout before this one: set it aside once
         os.replace(link, link.with_name(f".{link.name}.before"))
     pointer = link.with_name(f".{link.name}.link")
