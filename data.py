@@ -328,15 +328,15 @@ def load_turn_samples(path: str | Path, skip_bad: bool = False) -> tuple[list[Tu
     return samples, skipped
 
 
+def next_action_test(sample: TurnSample) -> dict:
+    """A turn sample as a next-action test (the ALMITA-style format)."""
+    return {"conversation_id": sample.conversation_id, "system": sample.system, "tools": json.dumps(sample.tools),
+            "context": to_entries(sample.messages), "expected": to_entries([sample.target.message()])}
+
+
 def next_action_tests(conversations: list[Conversation]) -> list[dict]:
-    """Write each turn of APIGen-MT conversations as a next-action test (the ALMITA-style format)."""
-    tests = []
-    for conv in conversations:
-        for sample in conv.turn_samples():
-            tests.append({"conversation_id": conv.conversation_id, "system": conv.system,
-                          "tools": json.dumps(conv.tools), "context": to_entries(sample.messages),
-                          "expected": to_entries([sample.target.message()])})
-    return tests
+    """Every turn of APIGen-MT conversations as a next-action test."""
+    return [next_action_test(sample) for conv in conversations for sample in conv.turn_samples()]
 
 
 def to_entries(messages: list[dict]) -> list[dict]:
@@ -467,9 +467,7 @@ def build_cold_start(path: str | Path, turns: int = 96, seed: int = 0) -> tuple[
             used.add(pick.conversation_id)
             chosen.append(pick)
             counts[kind] += 1
-    tests = [{"conversation_id": s.conversation_id, "system": s.system, "tools": json.dumps(s.tools),
-              "context": to_entries(s.messages), "expected": to_entries([s.target.message()])} for s in chosen]
-    return tests, counts
+    return [next_action_test(s) for s in chosen], counts
 
 
 def inspect(path: str, skip_bad: bool) -> None:

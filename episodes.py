@@ -42,7 +42,7 @@ from pathlib import Path
 from cli import run_cli
 from data import Action, DataError, TurnSample, read_records, write_json_atomic
 from toolcalls import parse_completion
-from worlds import GREETINGS, RETAIL, THANKS, USER_SAYS, address, retail_world
+from worlds import GREETINGS, RETAIL, THANKS, USER_SAYS, address, pick_order, retail_world
 
 FLOWS = ("status", "cancel", "return", "address", "product", "two orders", "new address")
 ASK_NOUN = {"order_id": "order id", "email": "email address", "user_id": "user id"}   # as the training agent asks
@@ -91,16 +91,10 @@ def call(name: str, **arguments) -> dict:
 
 def make_request(flow: str, user: dict, db: dict, rng: random.Random) -> Request:
     """One request of `flow` for `user`, its gold calls executed on `db` (an overlay: later requests see the writes)."""
-    orders = [db["orders"][o] for o in user["orders"]]
-
     def run(c: dict) -> dict:
         return RETAIL.tools[c["name"]].run(db, c["arguments"])
-
-    def order(status: str | None = None) -> dict:   # as worlds.pick_order: a matching order when there is one
-        matching = [o for o in orders if status is None or o["status"] == status]
-        return rng.choice(matching or orders)
     if flow == "status":
-        o = order()
+        o = pick_order(db, rng, user)
         withheld = "order_id" if rng.random() < 0.3 else None
         text = rng.choice(USER_SAYS["status, no id" if withheld else "status"]).format(**o)
         gold = [[call("get_order_details", order_id=o["order_id"])]]
@@ -108,7 +102,7 @@ def make_request(flow: str, user: dict, db: dict, rng: random.Random) -> Request
                        f"Your order {o['order_id']} is {o['status']}.")
     if flow in ("cancel", "return"):
         wanted = "pending" if flow == "cancel" else "delivered"
-        o = order(wanted if rng.random() < 0.6 else None)
+        o = pick_order(db, rng, user, wanted if rng.random() < 0.6 else None)
         check = [call("get_order_details", order_id=o["order_id"])]
         if flow == "cancel":
             reason = rng.choice(["no longer needed", "ordered by mistake"])
@@ -144,7 +138,7 @@ def make_request(flow: str, user: dict, db: dict, rng: random.Random) -> Request
                        [[call("get_product_details", product_id=p["product_id"])]], [p["price"]],
                        f"The {p['name']} costs {p['price']}.")
     if flow == "two orders":
-        a, b = rng.sample(orders, 2)
+        a, b = rng.sample([db["orders"][o] for o in user["orders"]], 2)
         text = rng.choice(USER_SAYS["two orders"]).format(a=a["order_id"], b=b["order_id"])
         gold = [[call("get_order_details", order_id=a["order_id"]), call("get_order_details", order_id=b["order_id"])]]
         return Request(flow, text, {"a": a["order_id"], "b": b["order_id"]}, None, gold,

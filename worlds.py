@@ -287,14 +287,15 @@ USER_SAYS = {
 }
 
 
-def pick_order(d: Dialog, user: dict, status: str | None = None) -> dict:
-    orders = [d.db["orders"][o] for o in user["orders"]]
+def pick_order(db: dict, rng: random.Random, user: dict, status: str | None = None) -> dict:
+    """One of the user's orders, with `status` when the user has one (else any)."""
+    orders = [db["orders"][o] for o in user["orders"]]
     matching = [o for o in orders if status is None or o["status"] == status]
-    return d.rng.choice(matching or orders)
+    return rng.choice(matching or orders)
 
 
 def retail_status(d: Dialog, user: dict) -> None:
-    o = pick_order(d, user)
+    o = pick_order(d.db, d.rng, user)
     if d.rng.random() < 0.3:
         ask_for(d, "order id", d.rng.choice(USER_SAYS["status, no id"]))
         d.user(d.rng.choice(USER_SAYS["order id"]).format(**o))
@@ -308,7 +309,7 @@ def retail_status(d: Dialog, user: dict) -> None:
 
 
 def retail_cancel(d: Dialog, user: dict) -> None:
-    o = pick_order(d, user, "pending" if d.rng.random() < 0.6 else None)
+    o = pick_order(d.db, d.rng, user, "pending" if d.rng.random() < 0.6 else None)
     reason = d.rng.choice(["no longer needed", "ordered by mistake"])
     d.user(d.rng.choice(USER_SAYS["cancel"]).format(order_id=o["order_id"], reason=reason))
     [r] = d.call(f"Before cancelling I must check that order {o['order_id']} is pending.",
@@ -323,7 +324,7 @@ def retail_cancel(d: Dialog, user: dict) -> None:
 
 
 def retail_return(d: Dialog, user: dict) -> None:
-    o = pick_order(d, user, "delivered" if d.rng.random() < 0.6 else None)
+    o = pick_order(d.db, d.rng, user, "delivered" if d.rng.random() < 0.6 else None)
     item = d.rng.choice(o["items"])
     d.user(d.rng.choice(USER_SAYS["return"]).format(order_id=o["order_id"], item=item["name"]))
     [r] = d.call(f"Only delivered orders can be returned; I check order {o['order_id']} first.",

@@ -1,6 +1,7 @@
 """Episodes: the scripted user, the episode loop on the agent's own actions, and tau-bench's metrics."""
 
 import json
+import random
 
 import pytest
 
@@ -22,7 +23,6 @@ def changes_db(task) -> bool:
 
 
 def test_tasks_are_held_out_users_and_cover_every_flow(tasks):
-    import random
     _, train_users, test_users = retail_world(random.Random(0))
     assert {t.user_id for t in tasks} <= {u["user_id"] for u in test_users}
     assert not {t.user_id for t in tasks} & {u["user_id"] for u in train_users}
@@ -47,7 +47,6 @@ def test_an_agent_that_never_calls_a_tool_fails_every_task_that_changes_the_data
 
 
 def retail_world_db():
-    import random
     return retail_world(random.Random(0))[0]
 
 
