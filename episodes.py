@@ -383,14 +383,24 @@ def pass_hat_k(successes: list[int], n: int, k: int) -> float:
     return sum(comb(c, k) for c in successes) / (comb(n, k) * len(successes))
 
 
-def score(episodes: list[Episode], trials: int, seed: int = 0) -> dict:
-    """The episode table's row (module docstring)."""
+def judged(episodes: list[Episode], seed: int = 0) -> list[tuple[Episode, bool, bool]]:
+    """(episode, end state right, result communicated) for each episode; success is both."""
     db, _, _ = retail_world(random.Random(seed))
     goals = {t.task_id: goal_state(t, db) for t in {e.task.task_id: e.task for e in episodes}.values()}
-    results = [(e, end_state_ok(e, goals[e.task.task_id]), communicated_ok(e)) for e in episodes]
+    return [(e, end_state_ok(e, goals[e.task.task_id]), communicated_ok(e)) for e in episodes]
+
+
+def task_successes(episodes: list[Episode], seed: int = 0) -> dict[str, int]:
+    """Successful trials of each task, in task order."""
     per_task: dict[str, int] = {}
-    for e, state, told in results:
+    for e, state, told in judged(episodes, seed):
         per_task[e.task.task_id] = per_task.get(e.task.task_id, 0) + (state and told)
+    return per_task
+
+
+def score(episodes: list[Episode], trials: int, seed: int = 0) -> dict:
+    """The episode table's row (module docstring)."""
+    results, per_task = judged(episodes, seed), task_successes(episodes, seed)
     n = len(results)
     row = {"tasks": len(per_task), "trials": trials, "end_state": sum(r[1] for r in results) / n,
            "communicated": sum(r[2] for r in results) / n, "task_success": sum(r[1] and r[2] for r in results) / n}

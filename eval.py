@@ -36,11 +36,11 @@ from cli import run_cli
 from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from episodes import load_tasks, run_episodes, score, transcript
 from model import PRECISIONS, autocast, eos_ids, is_tiny, load, resolve_precision, trained_as
-from rewards import composite_reward, r_decision, r_format
+from rewards import action_correct, composite_reward, r_decision, r_format
 from sampling import generate
+from stats import difference_ci, mean_ci, show
 from toolcalls import Parsed, argument_f1, calls_match, names_match, parse_completion, token_f1
 
-ANSWER_F1_SUCCESS = 0.5  # an answer turn succeeds at token F1 >= 0.5: most reported values are right
 # Defaults that depend on the model's scale, (tiny model, real model), for flags left unset: Qwen3's think-then-act
 # completions run to hundreds of tokens, and its longer prompts fit fewer rows in a batch.
 SCALE_DEFAULTS = {"batch_size": (64, 16), "max_new_tokens": (128, 1024)}
@@ -63,11 +63,7 @@ class TurnResult:
 
 def turn_success(parsed: Parsed, truncated: bool, ref: Action) -> bool:
     """Well-formed, not truncated, right decision, and the right calls (exact) or a close answer."""
-    if not parsed.well_formed or truncated or not r_decision(parsed, ref):
-        return False
-    if ref.is_tool_call:
-        return calls_match(parsed.tool_calls, ref.tool_calls)
-    return token_f1(parsed.answer, ref.content) >= ANSWER_F1_SUCCESS
+    return parsed.well_formed and not truncated and action_correct(parsed, ref)
 
 
 def score_turn(sample: TurnSample, text: str, truncated: bool, thinking: bool) -> TurnResult:
@@ -135,14 +131,19 @@ def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, 
     return outputs
 
 
-def evaluate(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_size: int = 64,
-             max_new_tokens: int = 128, precision: str = "fp32", progress: bool = False) -> dict[str, float]:
-    """Held-out metrics of one model (see the module docstring)."""
+def evaluate_turns(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_size: int = 64,
+                   max_new_tokens: int = 128, precision: str = "fp32", progress: bool = False) -> list[TurnResult]:
+    """Each held-out turn's result (greedy decoding)."""
     was_training = model.training
     model.eval()
     outputs = generate_texts(model, tokenizer, samples, thinking, batch_size, max_new_tokens, precision, progress)
     model.train(was_training)
-    return aggregate([score_turn(s, text, trunc, thinking) for s, (text, trunc) in zip(samples, outputs)])
+    return [score_turn(s, text, trunc, thinking) for s, (text, trunc) in zip(samples, outputs)]
+
+
+def evaluate(model, tokenizer, samples: list[TurnSample], thinking: bool, **settings) -> dict[str, float]:
+    """Held-out metrics of one model (see the module docstring); settings as evaluate_turns."""
+    return aggregate(evaluate_turns(model, tokenizer, samples, thinking, **settings))
 
 
 def scale_settings(model_name: str, batch_size: int | None = None, max_new_tokens: int | None = None
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="(SCALE_DEFAULTS: 64 tiny, 16 real)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="(SCALE_DEFAULTS: 128 tiny, 1024 real)")
     p.add_argument("--out", help="write the table as JSON here")
+    p.add_argument("--baseline", metavar="NAME", help="also give each row's turn success minus this row's, with a "
+                   "95%% interval paired over the held-out turns (stats.py)")
     p.add_argument("--episodes", metavar="N_OR_FILE", help="whole conversations instead of turns: N tasks of held-out "
                    "users (or a tasks file of `python episodes.py tasks`), a scripted user, tau-bench's metrics")
     p.add_argument("--trials", type=int, default=4, help="episodes: trials per task (the K of pass^k)")
@@ -216,20 +219,33 @@ def main(argv: list[str] | None = None) -> int:
     names = args.name or args.model
     if len(names) != len(args.model):
         p.error("give one --name per --model")
+    if args.baseline and args.baseline not in names:
+        p.error(f"--baseline {args.baseline}: not one of the rows ({', '.join(names)})")
 
     def body():
         if args.episodes:
             return evaluate_episodes(args, names, precision)
         samples = load_turn_samples(resolve_data(args.data))[0][:args.limit]
-        rows = {}
+        rows, successes = {}, {}
         for name, model_name in zip(names, args.model):
             thinking = args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
             model, tokenizer = load(model_name, device=args.device)
             t0 = time.perf_counter()
             settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
-            rows[name] = evaluate(model, tokenizer, samples, thinking, precision=precision, progress=True, **settings)
-            rows[name].update(thinking=thinking, seconds=round(time.perf_counter() - t0, 1))
+            results = evaluate_turns(model, tokenizer, samples, thinking, precision=precision, progress=True, **settings)
+            successes[name] = [[float(r.success) for r in results]]
+            rows[name] = {**aggregate(results), "turn_success_ci": mean_ci(successes[name])[1:], "thinking": thinking,
+                          "seconds": round(time.perf_counter() - t0, 1)}
         print(format_table(rows))
+        print(f"\nturn success, 95% interval (bootstrap over the {len(samples)} held-out turns)"
+              + (f"; difference to {args.baseline}, paired over the same turns:" if args.baseline else ":"))
+        for name in names:
+            line = f"  {name:<14} {show(*mean_ci(successes[name]))}"
+            if args.baseline and name != args.baseline:
+                diff = difference_ci(successes[name], successes[args.baseline])
+                rows[name][f"turn_success_minus_{args.baseline}"] = list(diff)
+                line += f"   {show(*diff, signed=True)}"
+            print(line)
         if args.out:
             Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     return run_cli(body)

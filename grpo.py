@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 
 from cli import run_cli
-from data import DataError, TurnSample, load_turn_samples, prompt_ids, resolve_data
+from data import DataError, TurnSample, action_kind, load_turn_samples, prompt_ids, resolve_data
 from eval import held_out_evaluator
 from lora import disable_adapters
 from model import autocast, eos_ids
-from rewards import RewardWeights, composite_reward
+from rewards import COMPONENTS, DESIGNS, RewardWeights, composite_reward, paper_terms
 from runs import Run, add_run_arguments, load_for_training, optimizer_step, resolve_defaults, resume_args, warmup_cosine
-from sampling import Generation, generate, positions
+from sampling import Generation, concatenate, generate, positions
 from toolcalls import parse_completion
 
 LOSS_AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
@@ -150,13 +150,60 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 # ----------------------------------------------------------------------------------------------
 def score_rollout(tokenizer, gen: Generation, samples: list[TurnSample], group_size: int, thinking: bool,
                   weights: RewardWeights) -> list[dict]:
-    """The reward breakdown of every completion (sample i's group is rows i*G .. i*G + G - 1)."""
-    rewards = []
+    """Every completion parsed and scored (sample i's group is rows i*G .. i*G + G - 1): its reward components and
+    total, and what the rollout log shows of it."""
+    scored = []
     for row, (ids, truncated) in enumerate(zip(gen.completion_lists(), gen.truncated.tolist())):
-        parsed = parse_completion(tokenizer.decode(ids, skip_special_tokens=True))
-        reward = composite_reward(parsed, truncated, samples[row // group_size].target, thinking, weights)
-        rewards.append({**reward.as_dict(), "reasoning_words": parsed.reasoning_words})
-    return rewards
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        parsed, ref = parse_completion(text), samples[row // group_size].target
+        reward = composite_reward(parsed, truncated, ref, thinking, weights)
+        scored.append({"text": text, **reward.as_dict(), "terms": paper_terms(reward, weights), "truncated": truncated,
+                       "reasoning_words": parsed.reasoning_words, "well_formed": parsed.well_formed,
+                       "called_tool": bool(parsed.tool_calls), "ref_tool_call": ref.is_tool_call,
+                       "reasoning": parsed.reasoning, "tool_calls": parsed.tool_calls, "answer_text": parsed.answer,
+                       "errors": parsed.errors})
+    return scored
+
+
+def decision_confusion(scored: list[dict]) -> dict[str, float]:
+    """Fractions of the step's completions by (what it did | what the reference does); they sum to 1."""
+    cells = {f"{did}|{ref}": 0 for did in ("call", "answer") for ref in ("call", "answer")}
+    for r in scored:
+        cells[f"{'call' if r['called_tool'] else 'answer'}|{'call' if r['ref_tool_call'] else 'answer'}"] += 1
+    return {k: v / len(scored) for k, v in cells.items()}
+
+
+def separated_by(scored: list[dict], group_size: int) -> dict[str, float]:
+    """For each informative group (rewards not all equal), the component whose paper term (rewards.paper_terms)
+    varies most within the group, the one that told its completions apart; the fraction of informative groups
+    each component separated (an empty dict when no group was informative)."""
+    counts: dict[str, int] = {}
+    for k in range(0, len(scored), group_size):
+        group = scored[k:k + group_size]
+        if max(r["total"] for r in group) - min(r["total"] for r in group) <= 1e-8:
+            continue
+        spread = {c: torch.tensor([r["terms"][c] for r in group]).var(unbiased=False).item() for c in COMPONENTS}
+        top = max(spread, key=spread.get)
+        counts[top] = counts.get(top, 0) + 1
+    n = sum(counts.values())
+    return {c: counts[c] / n for c in COMPONENTS if c in counts}
+
+
+def rollout_groups(samples: list[TurnSample], scored: list[dict], advantages: torch.Tensor, group_size: int
+                   ) -> list[dict]:
+    """The step's groups as rollouts.jsonl records (one line each; `python rollouts.py` shows them)."""
+    groups = []
+    for i, sample in enumerate(samples):
+        rows = range(i * group_size, (i + 1) * group_size)
+        completions = [{"advantage": round(float(advantages[r]), 4),
+                        **{k: scored[r][k] for k in ("text", "total", *COMPONENTS, "truncated", "reasoning", "tool_calls",
+                                                      "answer_text", "errors")}} for r in rows]
+        groups.append({"conversation_id": sample.conversation_id, "turn": len(sample.messages),
+                       "kind": action_kind(sample.target),
+                       "reference": {"reasoning": sample.target.reasoning, "tool_calls": sample.target.tool_calls,
+                                     "answer": sample.target.content if not sample.target.is_tool_call else ""},
+                       "completions": completions})
+    return groups
 
 
 def mean_of(rewards: list[dict], key: str) -> float | None:
@@ -205,10 +252,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-iterations", type=int, default=1, help="policy updates per rollout batch (mu)")
     p.add_argument("--keep-zero-variance", action="store_true",
                    help="keep groups whose rewards are all equal (A = 0) in the update, for their KL term")
+    p.add_argument("--refill", action="store_true", help="DAPO's dynamic sampling: draw B more prompts at a time "
+                   "until B groups are informative (rewards not all equal); train on those B")
+    p.add_argument("--refill-cap", type=positive_int, default=3, help="--refill draws at most this many x B prompts "
+                   "a step (then trains on the informative groups it has)")
     p.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward in the update "
                    "(SCALE_DEFAULTS: 32 tiny, 4 real)")
     # reward
     w = RewardWeights()  # defaults and their reasons: rewards.py and the README
+    p.add_argument("--reward", choices=DESIGNS, default=w.design, help="reward design: the paper's composite, "
+                   "binary (Tool-N1), fine (ToolRL), or the composite without one component (ablations)")
     p.add_argument("--w-format", type=float, default=w.format, help="weight of format compliance")
     p.add_argument("--w-decision", type=float, default=w.decision, help="weight of the call-or-answer decision")
     p.add_argument("--w-tool", type=float, default=w.tool, help="weight of tool accuracy (right decision only)")
@@ -221,7 +274,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "1e-5 LoRA, 1e-6 full fine-tuning of real models")
     p.add_argument("--warmup", type=int, default=5, help="optimizer updates of linear warmup, then constant")
     p.add_argument("--steps", type=int, default=200)
-    return resolve_defaults(resume_args(p.parse_args(argv)), SCALE_DEFAULTS, LR_DEFAULTS)
+    p.add_argument("--log-rollouts", type=int, default=0, metavar="N", help="write every group of steps 1, N + 1, "
+                   "2N + 1, ... to OUT/rollouts.jsonl (completions, rewards, advantages; see rollouts.py); 0: never")
+    args = p.parse_args(argv)
+    if args.refill and args.keep_zero_variance:
+        p.error("--refill trains on informative groups only; it cannot --keep-zero-variance")
+    return resolve_defaults(resume_args(args), SCALE_DEFAULTS, LR_DEFAULTS)
 
 
 def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | None:
@@ -233,7 +291,7 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
         frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
     thinking = args.thinking == "on"
     weights = RewardWeights(args.w_format, args.w_decision, args.w_tool, args.w_answer, args.w_efficiency,
-                            args.think_budget)
+                            args.think_budget, args.reward)
     samples, prompts = load_prompts(args, tokenizer, thinking)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -243,44 +301,70 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
     for step in range(run.start(args.steps, model, tokenizer, optimizer, scheduler, evaluator), args.steps):
         batch_rng = random.Random(args.seed * 1_000_003 + step)   # the batch of step k is fixed: resumable
         generator.manual_seed(args.seed * 1_000_003 + step)
-        chosen = batch_rng.sample(range(len(samples)), args.prompts_per_step)
+        draw = args.prompts_per_step * (args.refill_cap if args.refill else 1)
+        chosen = batch_rng.sample(range(len(samples)), min(draw, len(samples)))
         record = grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, [samples[i] for i in chosen],
                            [prompts[i] for i in chosen], generator, args, thinking, weights)
+        groups = record.pop("groups")
+        if args.log_rollouts and step % args.log_rollouts == 0:
+            run.write_rollouts(step + 1, groups)
         if run.end_step(step + 1, record):
             break
     return run.finish()
 
 
+def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], generator: torch.Generator, args,
+            thinking: bool, weights: RewardWeights) -> tuple[Generation, list[dict]]:
+    """G sampled completions of each prompt, scored (score_rollout)."""
+    model.eval()
+    with autocast(args.precision, next(model.parameters()).device):
+        gen = generate(model, prompts, eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id,
+                       group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_p=args.top_p, generator=generator, rollout_batch=args.rollout_batch)
+    return gen, score_rollout(tokenizer, gen, samples, args.group_size, thinking, weights)
+
+
+def informative(totals: torch.Tensor) -> torch.Tensor:
+    """[groups] bool: the group's rewards are not all equal (A != 0 somewhere: it teaches something)."""
+    return totals.std(dim=1, unbiased=False) > 1e-8
+
+
 def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, samples: list[TurnSample],
               prompts: list[list[int]], generator: torch.Generator, args, thinking: bool, weights: RewardWeights
               ) -> dict:
-    """One GRPO step: rollout, rewards, advantages, reference log-probs, policy update(s)."""
-    G, T = args.group_size, args.temperature or 1.0
+    """One GRPO step: rollout, rewards, advantages, reference log-probs, policy update(s). samples / prompts are
+    the step's draw: B of them, or with --refill up to refill_cap x B, taken B at a time until B groups are
+    informative (DAPO's dynamic sampling)."""
+    B, G, T = args.prompts_per_step, args.group_size, args.temperature or 1.0
     device = next(model.parameters()).device
     t0 = time.perf_counter()
-    model.eval()
-    with autocast(args.precision, device):
-        gen = generate(model, prompts, eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id, group_size=G,
-                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                       generator=generator, rollout_batch=args.rollout_batch)
-    rewards = score_rollout(tokenizer, gen, samples, G, thinking, weights)
-    totals = torch.tensor([r["total"] for r in rewards], dtype=torch.float32).view(-1, G)
-    advantages = group_advantages(totals, scale_std=not args.no_std_scale).view(-1).to(device)
+    gen, scored = rollout(model, tokenizer, samples[:B], prompts[:B], generator, args, thinking, weights)
+    drawn = B
+    while args.refill and int(informative(group_totals(scored, G)).sum()) < B and drawn < len(samples):
+        more = slice(drawn, drawn + B)
+        more_gen, more_scored = rollout(model, tokenizer, samples[more], prompts[more], generator, args, thinking,
+                                        weights)
+        gen, scored, drawn = concatenate([gen, more_gen], tokenizer.pad_token_id), scored + more_scored, drawn + B
+    totals = group_totals(scored, G)
+    all_advantages = group_advantages(totals, scale_std=not args.no_std_scale).view(-1).to(device)
     t_rollout = time.perf_counter()
 
     # The full sequences: left-padded prompt, then the completion (nothing after its EOS is attended or scored).
     # A group whose completions all scored the same has A = 0 and teaches nothing: as in DAPO's dynamic sampling
-    # it is left out of the reference and update passes (--keep-zero-variance keeps it, for its KL term).
-    informative_groups = totals.std(dim=1, unbiased=False) > 1e-8
-    rows = torch.arange(len(rewards)) if args.keep_zero_variance else \
-        informative_groups.repeat_interleave(G).nonzero().squeeze(-1)
+    # it is left out of the reference and update passes (--keep-zero-variance keeps it, for its KL term); the loss
+    # normalisers count every row drawn, or under --refill the rows of the first B informative groups (the batch).
+    informative_groups = informative(totals)
+    if args.refill:
+        informative_groups &= informative_groups.cumsum(0) <= B
+    keep = torch.ones_like(informative_groups) if args.keep_zero_variance else informative_groups
+    rows = keep.repeat_interleave(G).nonzero().squeeze(-1)
     input_ids = torch.cat([gen.prompt_ids, gen.completion_ids], dim=1)[rows]
     attention = torch.cat([gen.prompt_mask, gen.completion_mask], dim=1)[rows]
     start = int(attention.any(0).nonzero()[0]) if len(rows) else 0   # drop columns that are padding in every row
     input_ids, attention = input_ids[:, start:].to(device), attention[:, start:].to(device)
-    mask, advantages = gen.completion_mask[rows].float().to(device), advantages[rows.to(device)]
+    mask, advantages = gen.completion_mask[rows].float().to(device), all_advantages[rows.to(device)]
     n_seq, n_tok, width = mask.shape[0], int(mask.sum()), gen.completion_ids.shape[1]
-    n_all_seq, n_all_tok = len(rewards), int(gen.completion_mask.sum())   # the loss normalisers: every row
+    n_all_seq, n_all_tok = (n_seq, n_tok) if args.refill else (len(scored), int(gen.completion_mask.sum()))
     micro = [slice(k, k + args.micro_batch) for k in range(0, n_seq, args.micro_batch)]
     with torch.no_grad(), autocast(args.precision, device):
         ref_logp = None
@@ -314,16 +398,24 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
     lengths = gen.completion_mask.sum(-1).float()
     return {
         "reward": {"total": float(totals.mean()), "std": float(totals.std(unbiased=False)),
-                   **{k: mean_of(rewards, k) for k in ("format", "decision", "tool", "answer", "efficiency")}},
-        "zero_variance_groups": 1.0 - float(informative_groups.float().mean()),
+                   **{k: mean_of(scored, k) for k in COMPONENTS}},
+        "zero_variance_groups": 1.0 - float(informative(totals).float().mean()), "prompts_drawn": drawn,
+        "decision": decision_confusion(scored), "parse_failure": 1.0 - mean_of(scored, "well_formed"),
+        "separated_by": separated_by(scored, G),
         "loss": stats["loss"], "kl": stats["kl"], "clip_fraction": stats["clipped"],
         "grad_norm": grad_norm, "finite": finite,
         "completion_len": float(lengths.mean()), "truncated": float(gen.truncated.float().mean()),
-        "reasoning_words": mean_of(rewards, "reasoning_words"),
+        "reasoning_words": mean_of(scored, "reasoning_words"),
         "seconds": {"rollout": t_rollout - t0, "reference": t_ref - t_rollout, "update": t_update - t_ref,
                     "total": t_update - t0},
         "tokens_per_s": float(gen.prompt_mask.sum() + gen.completion_mask.sum()) / (t_update - t0),
+        "groups": rollout_groups(samples[:drawn], scored, all_advantages, G),
     }
+
+
+def group_totals(scored: list[dict], group_size: int) -> torch.Tensor:
+    """[groups, G] total rewards."""
+    return torch.tensor([r["total"] for r in scored], dtype=torch.float32).view(-1, group_size)
 
 
 def load_prompts(args, tokenizer, thinking: bool) -> tuple[list[TurnSample], list[list[int]]]:

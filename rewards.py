@@ -12,6 +12,13 @@ the reference action of the turn sample, and none of them can raise on model out
 Tool and answer credit count only when the decision is right (a right answer to a turn that needed a
 tool is still wrong). Default weights 0.1 / 0.2 / 0.6 / 0.6 / 0.1 put R in [0, 1], with most of it on
 getting the action right.
+
+Reward designs (RewardWeights.design, grpo.py --reward), all in [0, 1]; the components above are computed and
+logged under every design, only the total R differs:
+    paper          R as above (the default)
+    binary         R = r_format * 1[action correct]                         (Tool-N1: all or nothing)
+    fine           R = w_fmt r_format + (1 - w_fmt) r_fine                  (ToolRL: name / key / value credit)
+    no-<component> R as above with that component's weight set to 0         (the ablations)
 """
 
 from __future__ import annotations
@@ -21,7 +28,11 @@ from dataclasses import asdict, dataclass
 from itertools import permutations
 
 from data import Action
-from toolcalls import Parsed, canonical, f1, token_f1
+from toolcalls import Parsed, calls_match, canonical, f1, token_f1
+
+COMPONENTS = ("format", "decision", "tool", "answer", "efficiency")
+DESIGNS = ("paper", "binary", "fine") + tuple(f"no-{c}" for c in COMPONENTS)
+ANSWER_F1_SUCCESS = 0.5  # an answer is right at token F1 >= 0.5: most of its reported values are right
 
 
 @dataclass
@@ -32,10 +43,15 @@ class RewardWeights:
     answer: float = 0.6
     efficiency: float = 0.1
     think_budget: int = 64   # reasoning words with full efficiency credit
+    design: str = "paper"    # one of DESIGNS; no-<component> zeroes that component's weight
 
     def __post_init__(self):
         if self.think_budget < 1:   # r_efficiency divides by it
             raise ValueError(f"think_budget must be >= 1, got {self.think_budget}")
+        if self.design not in DESIGNS:
+            raise ValueError(f"unknown reward design {self.design!r} (one of {', '.join(DESIGNS)})")
+        if self.design.startswith("no-"):
+            setattr(self, self.design[3:], 0.0)
 
 
 def r_format(parsed: Parsed, truncated: bool, thinking: bool) -> float:
@@ -92,6 +108,46 @@ def r_tool(parsed: Parsed, ref: Action) -> float:
     return best / max(len(pred), len(refs))
 
 
+def action_correct(parsed: Parsed, ref: Action) -> bool:
+    """Right decision, and the right calls (order-free exact match) or an answer with token F1 >= 0.5."""
+    if not r_decision(parsed, ref):
+        return False
+    if ref.is_tool_call:
+        return calls_match(parsed.tool_calls, ref.tool_calls)
+    return token_f1(parsed.answer, ref.content) >= ANSWER_F1_SUCCESS
+
+
+def jaccard(a: Counter, b: Counter) -> float:
+    """|a & b| / |a | b| of two multisets (1 when both are empty)."""
+    union = sum((a | b).values())
+    return sum((a & b).values()) / union if union else 1.0
+
+
+def r_fine(parsed: Parsed, ref: Action) -> float:
+    """ToolRL's graded match (Qian et al. 2025, sec. 3.3), rescaled to [0, 1]. On a tool-call turn:
+
+        r_fine = (J(names) + sum_pairs J(keys) + sum_pairs #{k in ref args: p[k] == r[k]}) / (1 + |R| + sum_r |r args|)
+
+    J is the Jaccard index (multisets); each reference call r (in order) pairs with the first unpaired predicted
+    call of the same name. The denominator is the score of an exact match, so r_fine = 1 iff the calls match.
+    On an answer turn: the answer's token F1, 0 if it called a tool.
+    """
+    if not ref.is_tool_call:
+        return 0.0 if parsed.tool_calls else r_answer(parsed, ref)
+    pred, refs = parsed.tool_calls, ref.tool_calls
+    names = jaccard(Counter(c["name"] for c in pred), Counter(c["name"] for c in refs))
+    free, keys, values = list(pred), 0.0, 0
+    for r in refs:
+        p = next((c for c in free if c["name"] == r["name"]), None)
+        if p is None:
+            continue
+        free.remove(p)
+        keys += jaccard(Counter(p["arguments"].keys()), Counter(r["arguments"].keys()))
+        values += sum(1 for k, v in r["arguments"].items()
+                      if k in p["arguments"] and canonical(p["arguments"][k]) == canonical(v))
+    return (names + keys + values) / (1 + len(refs) + sum(len(r["arguments"]) for r in refs))
+
+
 def r_answer(parsed: Parsed, ref: Action) -> float:
     """Token F1 of the answer text against the reference answer (lowercased words, ids and numbers)."""
     return token_f1(parsed.answer, ref.content)
@@ -128,13 +184,28 @@ class Reward:
         return asdict(self)
 
 
+def paper_terms(r: Reward, w: RewardWeights) -> dict[str, float]:
+    """The paper design's terms, one per component: R = sum of these.
+
+        format w_fmt f,  decision w_dec d,  tool d w_tool t,  answer d w_ans a,  efficiency w_eff e
+    (t and a count as 0 where they do not apply).
+    """
+    return {"format": w.format * r.format, "decision": w.decision * r.decision,
+            "tool": r.decision * w.tool * (r.tool or 0.0), "answer": r.decision * w.answer * (r.answer or 0.0),
+            "efficiency": w.efficiency * r.efficiency}
+
+
 def composite_reward(parsed: Parsed, truncated: bool, ref: Action, thinking: bool,
                      w: RewardWeights = RewardWeights()) -> Reward:
-    """R = w_fmt f + w_dec d + d (w_tool t 1[ref tool] + w_ans a 1[ref answer]) + w_eff e (see module docstring)."""
+    """Every component, and the total R of the design w.design (see the module docstring)."""
     fmt, dec = r_format(parsed, truncated, thinking), r_decision(parsed, ref)
     tool = r_tool(parsed, ref) if ref.is_tool_call else None
     answer = r_answer(parsed, ref) if not ref.is_tool_call else None
-    eff = r_efficiency(parsed, thinking, w.think_budget)
-    correctness = w.tool * tool if tool is not None else w.answer * answer
-    total = w.format * fmt + w.decision * dec + dec * correctness + w.efficiency * eff
-    return Reward(fmt, dec, tool, answer, eff, total)
+    reward = Reward(fmt, dec, tool, answer, r_efficiency(parsed, thinking, w.think_budget), 0.0)
+    if w.design == "binary":
+        reward.total = fmt * float(action_correct(parsed, ref))
+    elif w.design == "fine":
+        reward.total = w.format * fmt + (1 - w.format) * r_fine(parsed, ref)
+    else:
+        reward.total = sum(paper_terms(reward, w).values())
+    return reward

@@ -39,6 +39,8 @@ from cli import BadInput, Stopped
 from lora import inject_lora, load_adapter, lora_layers, merge_lora, save_adapter
 from model import PRECISIONS, is_tiny, load, resolve_precision, save, staging_dir, trained_as
 
+ROLLOUTS = "rollouts.jsonl"   # grpo.py --log-rollouts: the sampled groups of a step (rollouts.py shows them)
+
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -51,7 +53,7 @@ def resume_args(args: argparse.Namespace) -> argparse.Namespace:
     if not saved:
         raise BadInput(f"{Path(args.resume, 'args.json')}: missing; --resume takes the --out directory of an "
                        f"earlier run")
-    return argparse.Namespace(**{**saved, "resume": args.resume, "out": args.resume})
+    return argparse.Namespace(**{**vars(args), **saved, "resume": args.resume, "out": args.resume})
 
 
 def add_run_arguments(p: argparse.ArgumentParser, out: str, save_every: int) -> None:
@@ -252,10 +254,11 @@ class Run:
                 raise BadInput(f"{ckpt}: no checkpoint to resume from (the run stopped before its first save); run "
                                f"it again without --resume to start over")
             self.state = load_checkpoint(ckpt, model, optimizer, scheduler)
-            if log_path.exists():
-                kept = [line for line in log_path.read_text().splitlines()
-                        if json.loads(line)["step"] <= self.state["step"]]
-                log_path.write_text("".join(line + "\n" for line in kept))
+            for path in (log_path, self.out / ROLLOUTS):   # the steps after the checkpoint run again
+                if path.exists():
+                    kept = [line for line in path.read_text().splitlines()
+                            if json.loads(line)["step"] <= self.state["step"]]
+                    path.write_text("".join(line + "\n" for line in kept))
             print(f"resumed from {ckpt} at step {self.state['step']}", file=sys.stderr)
         self.log = log_path.open("a")
         if evaluator and self.state["step"] == 0:
@@ -285,6 +288,11 @@ class Run:
     def write(self, record: dict) -> None:
         self.log.write(json.dumps(record) + "\n")
         self.log.flush()
+
+    def write_rollouts(self, step: int, groups: list[dict]) -> None:
+        """Append step `step`'s groups to OUT/rollouts.jsonl, one line each."""
+        with (self.out / ROLLOUTS).open("a") as f:
+            f.writelines(json.dumps({"step": step, **group}) + "\n" for group in groups)
 
     def end_step(self, step: int, record: dict) -> bool:
         """Book step `step` (1-based): stop on a non-finite update, log the record (with held-out metrics on
@@ -324,7 +332,7 @@ class Run:
         if self.killed:
             return None
         model, out = self.model, self.out
-        extra = {"log.jsonl": out / "log.jsonl", "args.json": out / "args.json"}
+        extra = {name: out / name for name in ("log.jsonl", "args.json", ROLLOUTS) if (out / name).exists()}
         if lora_layers(model):
             save_adapter(model, out / "adapter", base_model=self.args.model)
             extra["adapter"] = out / "adapter"

@@ -127,7 +127,8 @@ def test_resume_matches_uninterrupted_run(tmp_path, demo_dir):
     records = json.loads((demo_dir / "retail_train.json").read_text())[:4]
     (tmp_path / "d.json").write_text(json.dumps(records))
     common = ["--model", "tiny-random", "--data", str(tmp_path / "d.json"), "--steps", "4", "--group-size", "3",
-              "--prompts-per-step", "2", "--max-new-tokens", "8", "--save-every", "2", "--keep-zero-variance"]
+              "--prompts-per-step", "2", "--max-new-tokens", "8", "--save-every", "2", "--keep-zero-variance",
+              "--log-rollouts", "1"]
     assert grpo.main(common + ["--out", str(tmp_path / "full")]) == 0
     cut = tmp_path / "cut"
     grpo.train(grpo.parse_args(common + ["--out", str(cut)]), stop_after=3)
@@ -138,3 +139,8 @@ def test_resume_matches_uninterrupted_run(tmp_path, demo_dir):
     initial = load("tiny-random")[0].state_dict()
     assert any(not torch.equal(a[k], initial[k]) for k in a)   # the run did train
     assert [json.loads(line)["step"] for line in (cut / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    # the rollout log too: step 3 ran twice (killed after it, resumed from step 2), it is logged once; both logs
+    # survive the final save
+    assert [json.loads(line)["step"] for line in (cut / "rollouts.jsonl").read_text().splitlines()] == \
+        [1, 1, 2, 2, 3, 3, 4, 4]
+    assert (cut / "rollouts.jsonl").read_text() == (tmp_path / "full" / "rollouts.jsonl").read_text()

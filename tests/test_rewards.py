@@ -102,3 +102,71 @@ def test_never_raises_on_random_output():
         for ref in (REF_A, REF_AB, REF_ANSWER):
             r = composite_reward(parse_completion(text), rng.random() < 0.5, ref, rng.random() < 0.5)
             assert 0.0 <= r.total <= 1.0 + 1e-9
+
+
+# ----- reward designs (module docstring of rewards.py), by hand -----
+C = {"name": "cancel_order", "arguments": {"order_id": "W1", "reason": "no longer needed"}}
+REF_C = Action("", [C])
+
+
+def design(name):
+    return RewardWeights(design=name)
+
+
+@pytest.mark.parametrize("completion,ref,expected", [
+    (THINK + CALL_A, REF_A, 1.0),                                          # exact call, well formed
+    (THINK + CALL_A.replace("W1", "W2"), REF_A, 0.0),                      # one wrong value: nothing
+    (CALL_A, REF_A, 0.0),                                                  # right call, no think block: format 0
+    (THINK + "Your order W1 is delivered.", REF_ANSWER, 1.0),              # answer F1 1 >= 0.5
+    # "Order W1." vs "Your order W1 is delivered.": overlap {order, w1}, precision 2/2, recall 2/5, F1 = 4/7 >= 0.5
+    (THINK + "Order W1.", REF_ANSWER, 1.0),
+    (THINK + "Delivered.", REF_ANSWER, 0.0),                               # P 1, R 1/5: F1 = 1/3 < 0.5
+    (THINK + CALL_A, REF_ANSWER, 0.0),                                     # wrong decision
+])
+def test_binary_design_is_all_or_nothing(completion, ref, expected):
+    assert composite_reward(parse_completion(completion), False, ref, True, design("binary")).total == expected
+
+
+def test_fine_design_gives_name_key_and_value_credit():
+    w = design("fine")   # R = 0.1 fmt + 0.9 r_fine, r_fine = (J(names) + sum J(keys) + #values) / (1 + |R| + #ref args)
+    wrong_reason = call("cancel_order", '{"order_id": "W1", "reason": "ordered by mistake"}')
+    # names 1, keys 1, values 1 of 2: (1 + 1 + 1) / (1 + 1 + 2) = 3/4
+    assert composite_reward(parse_completion(THINK + wrong_reason), False, REF_C, True, w).total == \
+        pytest.approx(0.1 + 0.9 * 3 / 4)
+    only_id = call("cancel_order", '{"order_id": "W1"}')
+    # keys J({order_id}, {order_id, reason}) = 1/2, values 1: (1 + 1/2 + 1) / 4 = 5/8
+    assert composite_reward(parse_completion(THINK + only_id), False, REF_C, True, w).total == \
+        pytest.approx(0.1 + 0.9 * 5 / 8)
+    # an extra call: names J({cancel, get}, {cancel}) = 1/2, the pair still scores keys 1, values 2: (1/2 + 1 + 2) / 4
+    exact = call("cancel_order", '{"order_id": "W1", "reason": "no longer needed"}')
+    assert composite_reward(parse_completion(THINK + exact + "\n" + CALL_A), False, REF_C, True, w).total == \
+        pytest.approx(0.1 + 0.9 * 3.5 / 4)
+    assert composite_reward(parse_completion(THINK + exact), False, REF_C, True, w).total == pytest.approx(1.0)
+    assert composite_reward(parse_completion(THINK + "It is cancelled."), False, REF_C, True, w).total == \
+        pytest.approx(0.1)                                                  # answered a tool turn: match 0
+    assert composite_reward(parse_completion(THINK + CALL_A), False, REF_ANSWER, True, w).total == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("ablated", ["format", "decision", "tool", "answer", "efficiency"])
+def test_each_ablation_removes_exactly_its_term(ablated):
+    # R_paper - R_no-X = the paper's X term; here every term is non-zero: a right-name, wrong-value call and an answer
+    cases = [(THINK + CALL_A.replace("W1", "W2"), REF_A), (THINK + "Order W1 shipped.", REF_ANSWER)]
+    terms = {"format": 0.1, "decision": 0.2, "efficiency": 0.1}
+    for completion, ref in cases:
+        parsed = parse_completion(completion)
+        full = composite_reward(parsed, False, ref, True).total
+        without = composite_reward(parsed, False, ref, True, design(f"no-{ablated}")).total
+        if ablated in terms:
+            expected = terms[ablated]
+        elif ablated == "tool":
+            expected = 0.6 * 2 / 3 if ref is REF_A else 0.0     # s = (1 + 1 + 0) / 3
+        else:   # answer F1 of "order w1 shipped" vs "your order w1 is delivered": 2 overlap, P 2/3, R 2/5 -> 1/2
+            expected = 0.6 * 0.5 if ref is REF_ANSWER else 0.0
+        if ablated == "decision":   # d also gates tool / answer credit; only its own weight is removed
+            expected = 0.2
+        assert full - without == pytest.approx(expected)
+
+
+def test_unknown_design_is_refused():
+    with pytest.raises(ValueError, match="unknown reward design"):
+        RewardWeights(design="sparse")

@@ -1,0 +1,192 @@
+"""GRPO configurations x seeds from one start model, evaluated on the same held-out work, in one table.
+
+    python experiment.py --model runs/cold --out runs/ablation --seeds 0 1 2 \\
+        --configs paper binary fine no-format no-decision no-tool no-answer no-efficiency -- --steps 40
+    python experiment.py --model runs/cold --out runs/grid --grid w-tool=0.3,0.9 w-efficiency=0,0.3 -- --steps 40
+
+A configuration is a reward design (rewards.DESIGNS: paper, binary, fine, no-<component>), `refill` (DAPO's
+dynamic sampling), or NAME=FLAGS for any grpo.py flags (e.g. "clip10=--eps-high 0.1"); --grid adds the product of
+two (or more) flags' values. Everything after -- goes to every grpo.py run. Each (configuration, seed) trains
+with `python grpo.py` into OUT/CONFIG/seedS and is evaluated greedily on --eval-data (eval.evaluate_turns), and with
+--episodes on whole conversations. The start model is evaluated once, as the row "start".
+
+The table gives, per configuration, each metric's mean over seeds and held-out turns with a 95% interval, and the
+difference to the first configuration (the baseline) with its own interval, paired over the held-out turns
+(stats.py: a bootstrap over turns and seeds). Resumable: a finished (configuration, seed) is not run again, an
+interrupted one resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from cli import BadInput, run_cli
+from data import load_turn_samples, resolve_data
+from episodes import load_tasks, run_episodes, score, task_successes
+from eval import aggregate, episode_agent, evaluate_turns, scale_settings, thinking_model
+from model import load, resolve_precision
+from rewards import DESIGNS
+from stats import difference_ci, mean_ci, show
+
+HERE = Path(__file__).resolve().parent
+METRICS = ("turn_success", "reward")   # per-turn scores, each with an interval ("episode" too with --episodes)
+
+
+def config_flags(spec: str) -> tuple[str, list[str]]:
+    """(name, grpo.py flags) of one --configs entry."""
+    if spec in DESIGNS:
+        return spec, ["--reward", spec]
+    if spec == "refill":
+        return spec, ["--refill"]
+    name, sep, flags = spec.partition("=")
+    if not sep or not name:
+        raise BadInput(f"--configs {spec!r}: not a reward design ({', '.join(DESIGNS)}), refill, or NAME=FLAGS")
+    return name, shlex.split(flags)
+
+
+def grid_configs(grid: list[str]) -> list[tuple[str, list[str]]]:
+    """The product of FLAG=v1,v2,... entries: (name, flags) for each combination."""
+    if not grid:
+        return []
+    axes = []
+    for entry in grid:
+        flag, sep, values = entry.partition("=")
+        if not sep or not values:
+            raise BadInput(f"--grid {entry!r}: expected FLAG=v1,v2 (e.g. w-tool=0.3,0.9)")
+        axes.append([(flag, v) for v in values.split(",")])
+    return [(",".join(f"{f}={v}" for f, v in combo), [x for f, v in combo for x in (f"--{f}", v)])
+            for combo in itertools.product(*axes)]
+
+
+def write_json(path: Path, value) -> None:
+    """Write whole or not at all (a kill mid-write leaves the old file or none)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value) + "\n")
+    os.replace(tmp, path)
+
+
+def train(run_dir: Path, args, flags: list[str], seed: int) -> None:
+    """python grpo.py into run_dir (or --resume it); nothing when its final model is there."""
+    if (run_dir / "model.safetensors").exists():
+        return
+    if (run_dir / "checkpoint" / "state.json").exists():
+        command = ["--resume", str(run_dir)]
+    else:
+        command = ["--model", args.model, "--data", args.data, "--out", str(run_dir), "--seed", str(seed),
+                   *flags, *args.grpo_flags]
+    print(f"$ python grpo.py {shlex.join(command)}", flush=True)
+    status = subprocess.run([sys.executable, str(HERE / "grpo.py"), *command]).returncode
+    if status:
+        raise SystemExit(status)
+
+
+def evaluate_run(model_dir: str, result_path: Path, samples, tasks, args) -> dict:
+    """Per-turn (and per-task) scores of one trained model, cached in result_path."""
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    model, tokenizer = load(model_dir, device=args.device)
+    thinking = thinking_model(model_dir)
+    settings = scale_settings(model_dir)
+    precision = resolve_precision(args.precision, args.device)
+    turns = evaluate_turns(model, tokenizer, samples, thinking, precision=precision, progress=True, **settings)
+    result = {"metrics": aggregate(turns), "turn_success": [float(t.success) for t in turns],
+              "reward": [t.reward for t in turns]}
+    if tasks:
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+        agent = episode_agent(model, tokenizer, thinking, settings, precision, 1.0, generator)
+        episodes = run_episodes(agent, tasks, args.trials, 12, args.seed)
+        result["metrics"].update({f"episode_{k}": v for k, v in score(episodes, args.trials, args.seed).items()
+                                  if isinstance(v, float)})
+        result["episode"] = [s / args.trials for s in task_successes(episodes, args.seed).values()]
+    write_json(result_path, result)
+    return result
+
+
+def table(results: dict[str, list[dict]], baseline: str, metrics: tuple[str, ...]) -> tuple[str, dict]:
+    """Markdown table and its JSON: per configuration, each metric with its 95% interval, its difference to the
+    baseline (paired over held-out items), and the plain means of the aggregate metrics."""
+    header = ["configuration", "seeds"] + [f"{m} [95% CI]" for m in metrics] + \
+             [f"{m} - {baseline} [95% CI]" for m in metrics] + ["exact_match", "format_rate", "reasoning_words"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = {}
+    for name, runs in results.items():
+        row = {"seeds": len(runs)}
+        cells = [name, str(len(runs))]
+        for m in metrics:
+            row[m] = mean_ci([r[m] for r in runs])
+            cells.append(show(*row[m]))
+        for m in metrics:
+            if name == baseline or baseline not in results:
+                cells.append("")
+                continue
+            row[f"{m}_minus_baseline"] = difference_ci([r[m] for r in runs], [r[m] for r in results[baseline]])
+            cells.append(show(*row[f"{m}_minus_baseline"], signed=True))
+        for m in ("exact_match", "format_rate", "reasoning_words"):
+            row[m] = sum(r["metrics"][m] for r in runs) / len(runs)
+            cells.append(f"{row[m]:.3f}" if m != "reasoning_words" else f"{row[m]:.1f}")
+        rows[name] = row
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines), rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ours, grpo_flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(description="GRPO configurations x seeds from one start model, one table with 95% "
+                                "intervals. Flags after -- go to every grpo.py run.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="the start model of every run (a cold-start model)")
+    p.add_argument("--data", default="demo:train", help="GRPO training data")
+    p.add_argument("--eval-data", default="demo:test", help="held-out turn samples")
+    p.add_argument("--limit", type=int, help="evaluate the first N held-out turns only")
+    p.add_argument("--out", required=True, help="one directory per configuration and seed, and the table")
+    p.add_argument("--configs", nargs="+", default=["paper"], help="reward designs, refill, or NAME=FLAGS; the "
+                   "first is the baseline of the differences")
+    p.add_argument("--grid", nargs="+", default=[], metavar="FLAG=V1,V2", help="add every combination of these "
+                   "grpo.py flags' values (e.g. w-tool=0.3,0.9 w-efficiency=0,0.3)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--episodes", type=int, default=0, metavar="N", help="also N tasks of whole conversations "
+                   "(episodes.py) per model, --trials each")
+    p.add_argument("--trials", type=int, default=2, help="episodes: trials per task")
+    p.add_argument("--seed", type=int, default=0, help="episodes: tasks and sampling")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="auto", help="evaluation compute precision (model.PRECISIONS)")
+    args = p.parse_args(ours)
+    args.grpo_flags = grpo_flags
+
+    def body():
+        configs = [config_flags(c) for c in args.configs] + grid_configs(args.grid)
+        names = [n for n, _ in configs]
+        if len(set(names)) < len(names):
+            raise BadInput(f"--configs: a configuration is named twice ({', '.join(names)})")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        samples = load_turn_samples(resolve_data(args.eval_data))[0][:args.limit]
+        tasks = load_tasks(str(args.episodes), args.seed) if args.episodes else []
+        results = {"start": [evaluate_run(args.model, out / "start.json", samples, tasks, args)]}
+        results.update({name: [] for name in names})
+        for seed in args.seeds:   # seed by seed: a run cut short still has every configuration at its first seeds
+            for name, flags in configs:
+                run_dir = out / name / f"seed{seed}"
+                train(run_dir, args, flags, seed)
+                results[name].append(evaluate_run(str(run_dir), run_dir / "eval.json", samples, tasks, args))
+        metrics = METRICS + (("episode",) if tasks else ())
+        text, rows = table(results, names[0], metrics)
+        command = "python experiment.py " + shlex.join(argv)
+        (out / "table.md").write_text(f"{command}\n\n{text}\n")
+        write_json(out / "table.json", {"command": command, "rows": rows})
+        print(text)
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
