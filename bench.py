@@ -1,6 +1,8 @@
 """Benchmarks: print numbers, assert nothing.
 
     python bench.py                 generation (ours vs model.generate), SFT tokens/s, GRPO step time split (tiny)
+    python bench.py --vs-trl        GRPO step time against TRL's GRPOTrainer on the same work, steps alternating
+                                    (pip install -r requirements-bench.txt: TRL is not a dependency of the project)
     python bench.py --size 1.7b     peak memory of each phase of a GRPO step of Qwen3-1.7B (README recipe) at prompts
                                     of 1k / 2k / 4k tokens, from an analytic model, next to what a scaled-down random
                                     Qwen3 (real vocabulary) measures on this machine through the same code, bf16
@@ -12,21 +14,25 @@ import argparse
 import copy
 import importlib.util
 import platform
+import random
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+import transformers
+from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, TrainerCallback
 
 import grpo
 from data import load_turn_samples, prompt_ids, resolve_data
 from lora import inject_lora
-from model import autocast, load
-from rewards import RewardWeights
+from model import autocast, eos_ids, load
+from rewards import RewardWeights, composite_reward
 from sampling import generate
 from sft import Encoded, collate, sft_step
+from toolcalls import parse_completion
 
 QWEN3_1_7B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
                   num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
@@ -85,13 +91,93 @@ def bench_tiny(model_name: str, precision: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Against TRL: the same GRPO work, one step of each in turn
+# ----------------------------------------------------------------------------------------------
+def bench_vs_trl(model_name: str, steps: int, prompts_per_step: int, group: int, new_tokens: int, data: str,
+                 keep_zero_variance: bool, seed: int = 0) -> None:
+    """TRL's GRPOTrainer and grpo.grpo_step on the same model weights, prompts (the same ones, in the same order),
+    G, max new tokens, temperature 1, beta, clip range, loss aggregation (dapo), AdamW and composite reward; the
+    steps alternate (a TRL step, then ours, from a TRL callback) so the machine's noise hits both alike. TRL's
+    gradient checkpointing and bf16 are off (they only cost time on a CPU); TRL keeps every group in its loss, so
+    ours does too with keep_zero_variance. The first step of each is a warm-up and is not counted."""
+    from datasets import Dataset   # the optional benchmark extra (requirements-bench.txt), imported only here
+    from trl import GRPOConfig, GRPOTrainer, __version__ as trl_version
+    args = grpo.parse_args(["--model", model_name, "--data", data, "--prompts-per-step", str(prompts_per_step),
+                            "--group-size", str(group), "--max-new-tokens", str(new_tokens), "--device", "cpu",
+                            "--seed", str(seed)] + (["--keep-zero-variance"] if keep_zero_variance else []))
+    ours, tok = load(model_name)
+    theirs, _ = load(model_name)
+    samples, prompts = grpo.load_prompts(args, tok, thinking=True)
+    order = [i for step in range(steps) for i in random.Random(seed * 1_000_003 + step).sample(range(len(samples)),
+                                                                                             prompts_per_step)]
+    texts = [tok.decode(prompts[i]) for i in order]
+    same_ids = sum(tok(t)["input_ids"] == prompts[i] for t, i in zip(texts, order))
+    weights, eos = RewardWeights(think_budget=args.think_budget), set(eos_ids(ours, tok))
+    trl_tokens: list[int] = []
+
+    def reward(prompts, completions, completion_ids, index, **_):
+        trl_tokens.append(sum(len(ids) for ids in completion_ids))
+        return [composite_reward(parse_completion(text), len(ids) >= new_tokens and ids[-1] not in eos,
+                                 samples[i].target, True, weights).total
+                for text, ids, i in zip(completions, completion_ids, index)]
+
+    ref = copy.deepcopy(ours).eval().requires_grad_(False)
+    params = [p for p in ours.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    times = {"trl": [], "ours": []}
+    our_tokens: list[int] = []
+
+    class Alternate(TrainerCallback):
+        """After each TRL step: time it, then run one step of ours on the same prompts."""
+        def __init__(self):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, _args, state, control, **kw):
+            times["trl"].append(time.perf_counter() - self.t0)
+            k = state.global_step - 1
+            chosen = order[k * prompts_per_step:(k + 1) * prompts_per_step]
+            t0 = time.perf_counter()
+            record = grpo.grpo_step(ours, tok, ref, opt, constant, params, [samples[i] for i in chosen],
+                                    [prompts[i] for i in chosen], torch.Generator().manual_seed(seed + k), args,
+                                    True, weights)
+            times["ours"].append(time.perf_counter() - t0)
+            our_tokens.append(round(record["completion_len"] * prompts_per_step * group))
+            self.t0 = time.perf_counter()
+
+    config = GRPOConfig(output_dir=str(Path("/tmp") / "bench_trl"), per_device_train_batch_size=prompts_per_step * group,
+                        num_generations=group, max_completion_length=new_tokens, temperature=1.0, top_p=1.0,
+                        beta=args.beta, epsilon=args.eps_low, epsilon_high=args.eps_high, loss_type=args.loss_agg,
+                        scale_rewards="group", learning_rate=args.lr, adam_beta2=0.99, weight_decay=0.0,
+                        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=args.clip, max_steps=steps,
+                        gradient_checkpointing=False, bf16=False, use_cpu=True, shuffle_dataset=False, seed=seed,
+                        logging_steps=1, report_to="none", save_strategy="no", disable_dropout=True)
+    dataset = Dataset.from_dict({"prompt": texts, "index": order})
+    trainer = GRPOTrainer(model=theirs, reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tok,
+                          callbacks=[Alternate()])
+    trainer.train()
+    trl_s, ours_s = statistics.median(times["trl"][1:]), statistics.median(times["ours"][1:])
+    trl_tok, our_tok = statistics.mean(trl_tokens[1:]), statistics.mean(our_tokens[1:])
+    print(f"# vs TRL {trl_version} (transformers {transformers.__version__}, torch {torch.__version__}), {model_name}, "
+          f"{steps} steps each, alternating, the first not counted; {prompts_per_step} prompts x G={group}, "
+          f"{new_tokens} new tokens, {torch.get_num_threads()} threads; zero-variance groups "
+          f"{'kept' if keep_zero_variance else 'dropped (grpo.py default)'}; prompts tokenised alike: "
+          f"{same_ids}/{len(order)}")
+    print(f"{'':12} {'s/step (median)':>16} {'new tokens/step':>16} {'s per 1k new tokens':>20}")
+    for name, s, n in (("TRL", trl_s, trl_tok), ("tool-grpo", ours_s, our_tok)):
+        print(f"{name:12} {s:16.2f} {n:16.0f} {1000 * s / n:20.2f}")
+    print(f"step time ratio tool-grpo / TRL: {ours_s / trl_s:.2f}  (per 1k new tokens: "
+          f"{(ours_s / our_tok) / (trl_s / trl_tok):.2f})")
+
+
+# ----------------------------------------------------------------------------------------------
 # Memory of a GRPO step, phase by phase: an analytic model, checked against a scaled-down measurement
 # ----------------------------------------------------------------------------------------------
 SMALL_QWEN3 = dict(QWEN3_1_7B, hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
                    num_key_value_heads=4, head_dim=64)   # the real vocabulary: the logits are what they are
 RECIPE = dict(prompts=16, group=8, new_tokens=1024, rollout_batch=32, micro_batch=4)   # grpo.py's real defaults
 SMALL_RECIPE = dict(prompts=2, group=4, new_tokens=64, rollout_batch=4, micro_batch=4)
-LOGIT_CHUNK = 256   # grpo.token_logprobs puts this many positions through the LM head at once
+LOGIT_CHUNK = 1024   # grpo.token_logprobs puts this many completion tokens through the LM head at once
 
 
 def phase_memory(cfg: dict, n_params: int, n_lora: int, prompt_len: int, prompts: int, group: int, new_tokens: int,
@@ -107,7 +193,7 @@ def phase_memory(cfg: dict, n_params: int, n_lora: int, prompt_len: int, prompts
                  time: tokens x (3 I x 2 B + 4 h x 4 B) (SwiGLU's gate, up, product; fp32 residual and norm);
                  the LM head cast to bf16 (V h x 2 B); next-token logits and probabilities, rows x V x 4 B x 2
       reference  no grad, one micro-batch of P + T tokens, one layer at a time as above, plus the head's logits
-                 for LOGIT_CHUNK positions, bf16 out of the head and their fp32 copy (6 B x V each), plus the
+                 for LOGIT_CHUNK tokens, bf16 out of the head and their fp32 copy (6 B x V each), plus the
                  head cast
       update     gradient checkpointing keeps each layer's fp32 input, tokens x h x 4 B x L, and recomputes one
                  layer at a time in backward, ~tokens x (20 h + 8 I) B (its bf16 saved tensors and fp32 norm
@@ -129,7 +215,7 @@ def phase_memory(cfg: dict, n_params: int, n_lora: int, prompt_len: int, prompts
         "rollout": {"KV cache": rows * (prompt_len + new_tokens) * kv_per_token,
                     "prefill": layer_transient(prefill_tokens), "head cast": head_cast,
                     "next-token logits": rows * vocab * 4 * 2},
-        "reference": {"layer": layer_transient(seq), "logits": micro_batch * min(new_tokens, LOGIT_CHUNK) * vocab * 6,
+        "reference": {"layer": layer_transient(seq), "logits": min(micro_batch * new_tokens, LOGIT_CHUNK) * vocab * 6,
                       "head cast": head_cast},
         "update": {"layer inputs": seq * h * 4 * layers, "recomputed layer": seq * (20 * h + 8 * inter),
                    "logits + grads": micro_batch * new_tokens * vocab * 16, "head cast": head_cast},
@@ -174,7 +260,7 @@ def measure_phase(phase: str, prompt_len: int, tokenizer_dir: str | None) -> int
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1000, 100_000, (prompt_len,), generator=g).tolist() for _ in range(r["prompts"])]
     seq = torch.randint(1000, 100_000, (r["micro_batch"], prompt_len + r["new_tokens"]), generator=g)
-    attention = torch.ones_like(seq)
+    attention, completion = torch.ones_like(seq), torch.ones(r["micro_batch"], r["new_tokens"])
     Path("/proc/self/clear_refs").write_text("5")   # reset the peak (VmHWM) to the present RSS
     before = rss_bytes("VmRSS")
     with autocast("bf16", device):
@@ -184,10 +270,10 @@ def measure_phase(phase: str, prompt_len: int, tokenizer_dir: str | None) -> int
                      max_new_tokens=r["new_tokens"], temperature=1.0, generator=g, rollout_batch=r["rollout_batch"])
         elif phase == "reference":
             with torch.no_grad():
-                grpo.token_logprobs(model, seq, attention, r["new_tokens"], 1.0)
+                grpo.token_logprobs(model, seq, attention, completion, 1.0)
         else:
             model.train()
-            (-grpo.token_logprobs(model, seq, attention, r["new_tokens"], 1.0).mean()).backward()
+            (-grpo.token_logprobs(model, seq, attention, completion, 1.0).mean()).backward()
     return rss_bytes("VmHWM") - before
 
 
@@ -247,11 +333,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="--size 1.7b: prompt lengths of the analytic table")
     p.add_argument("--measure-lens", type=int, nargs="+", default=[256, 512, 1024],
                    help="--size 1.7b: prompt lengths measured on the scaled-down model")
+    p.add_argument("--vs-trl", action="store_true", help="GRPO step time against TRL's GRPOTrainer (needs "
+                   "pip install -r requirements-bench.txt)")
+    p.add_argument("--steps", type=int, default=12, help="--vs-trl: steps of each")
+    p.add_argument("--prompts", type=int, default=8, help="--vs-trl: prompts per step")
+    p.add_argument("--group", type=int, default=8, help="--vs-trl: G")
+    p.add_argument("--new-tokens", type=int, default=96, help="--vs-trl: max new tokens")
+    p.add_argument("--data", default="demo:train", help="--vs-trl: training prompts")
+    p.add_argument("--drop-zero-variance", action="store_true", help="--vs-trl: ours with grpo.py's default "
+                   "(zero-variance groups left out of the passes) instead of the same work as TRL")
     p.add_argument("--measure", choices=["rollout", "reference", "update"], help=argparse.SUPPRESS)
     p.add_argument("--prompt-tokens", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.measure:   # one phase, in a process of its own (bench_1_7b runs these)
         print(measure_phase(args.measure, args.prompt_tokens, args.tokenizer))
+    elif args.vs_trl:
+        bench_vs_trl(args.model, args.steps, args.prompts, args.group, args.new_tokens, resolve_data(args.data),
+                     not args.drop_zero_variance)
     elif args.size == "tiny":
         bench_tiny(args.model, args.precision)
     else:

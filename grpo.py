@@ -24,6 +24,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -124,25 +125,56 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: to
     return per_token + beta * kl, kl, clipped < unclipped
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
-                   temperature: float, chunk: int = 256) -> torch.Tensor:
-    """log pi(o_t | q, o_<t) of the sampled completion ids, [N, completion_len].
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                   temperature: float, chunk: int = 1024) -> torch.Tensor:
+    """log pi(o_t | q, o_<t) of the sampled completion ids, [N, W] for a completion_mask [N, W] (0 where it is 0).
 
-    One forward with the attention mask and position ids of the left-padded batch; only the hidden states
-    that predict completion tokens go through the LM head, in chunks, as logits / T (the distribution the
-    tokens were sampled from); log_softmax(z)[y] = z[y] - logsumexp(z), never a full [N, T, V] log_softmax.
+    input_ids ends with the W completion columns. One forward with the attention mask and position ids of the
+    left-padded batch; only the hidden states that predict real completion tokens (completion_mask) go through the
+    LM head, `chunk` tokens at a time, as logits / T (the distribution the tokens were sampled from);
+    log_softmax(z)[y] = z[y] - logsumexp(z), never a full [N, T, V] log_softmax.
     """
+    width = completion_mask.shape[1]
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                  position_ids=positions(attention_mask), use_cache=False).last_hidden_state
-    hidden = hidden[:, -completion_len - 1:-1]          # position t predicts token t + 1
-    targets = input_ids[:, -completion_len:]
+    real = completion_mask.bool()
+    hidden = hidden[:, -width - 1:-1][real]             # position t predicts token t + 1: [real tokens, H]
+    targets = input_ids[:, -width:][real]
     head = model.get_output_embeddings()
-    out = []
-    for k in range(0, completion_len, chunk):
-        logits = head(hidden[:, k:k + chunk]).float().div_(temperature)   # in place: one fp32 copy, not two
-        chosen = logits.gather(-1, targets[:, k:k + chunk, None]).squeeze(-1)
-        out.append(chosen - torch.logsumexp(logits, dim=-1))
-    return torch.cat(out, dim=1)
+    out = [hidden.new_zeros(0, dtype=torch.float32)]
+    for k in range(0, len(targets), chunk):
+        logits = head(hidden[k:k + chunk]).float().div_(temperature)   # in place: one fp32 copy, not two
+        out.append(logits.gather(-1, targets[k:k + chunk, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1))
+    return torch.zeros(real.shape, dtype=torch.float32, device=hidden.device).masked_scatter(real, torch.cat(out))
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor    # [n, p + w]: prompts left-padded to this micro-batch's longest, completions after them
+    attention: torch.Tensor    # [n, p + w]
+    mask: torch.Tensor         # [n, w] float: 1 on real completion tokens (through EOS)
+    advantages: torch.Tensor   # [n]
+
+
+def micro_batches(gen: Generation, rows: torch.Tensor, advantages: torch.Tensor, size: int, device) -> list[MicroBatch]:
+    """The update's rows in micro-batches of similar length, each as wide as its own longest prompt and completion.
+
+    Rows are sorted by (prompt length, completion length), so the G rows of a group (one prompt) sit together, and
+    cut every `size` rows. A short row pays for the padding of its micro-batch only, not for the longest prompt plus
+    the longest completion of the whole step; with the LM head on real tokens only (token_logprobs), the result is
+    that of the padded batch (tests/test_grpo.py).
+    """
+    prompt_len, completion_len = gen.prompt_mask.sum(1).tolist(), gen.completion_mask.sum(1).tolist()
+    order = sorted(rows.tolist(), key=lambda r: (prompt_len[r], completion_len[r]))
+    batches = []
+    for k in range(0, len(order), size):
+        idx = torch.tensor(order[k:k + size])
+        p, w = max(prompt_len[r] for r in idx.tolist()), max(completion_len[r] for r in idx.tolist())
+        batches.append(MicroBatch(
+            torch.cat([gen.prompt_ids[idx, -p:], gen.completion_ids[idx, :w]], 1).to(device),
+            torch.cat([gen.prompt_mask[idx, -p:], gen.completion_mask[idx, :w]], 1).to(device),
+            gen.completion_mask[idx, :w].float().to(device), advantages[idx.to(advantages.device)]))
+    return batches
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,8 +381,8 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
     all_advantages = group_advantages(totals, scale_std=not args.no_std_scale).view(-1).to(device)
     t_rollout = time.perf_counter()
 
-    # The full sequences: left-padded prompt, then the completion (nothing after its EOS is attended or scored).
-    # A group whose completions all scored the same has A = 0 and teaches nothing: as in DAPO's dynamic sampling
+    # The sequences: prompt, then completion (nothing after its EOS is attended or scored), in micro-batches of
+    # similar length (micro_batches). A group whose completions all scored the same has A = 0 and teaches nothing: as in DAPO's dynamic sampling
     # it is left out of the reference and update passes (--keep-zero-variance keeps it, for its KL term); the loss
     # normalisers count every row drawn, or under --refill the rows of the first B informative groups (the batch).
     informative_groups = informative(totals)
@@ -358,38 +390,33 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
         informative_groups &= informative_groups.cumsum(0) <= B
     keep = torch.ones_like(informative_groups) if args.keep_zero_variance else informative_groups
     rows = keep.repeat_interleave(G).nonzero().squeeze(-1)
-    input_ids = torch.cat([gen.prompt_ids, gen.completion_ids], dim=1)[rows]
-    attention = torch.cat([gen.prompt_mask, gen.completion_mask], dim=1)[rows]
-    start = int(attention.any(0).nonzero()[0]) if len(rows) else 0   # drop columns that are padding in every row
-    input_ids, attention = input_ids[:, start:].to(device), attention[:, start:].to(device)
-    mask, advantages = gen.completion_mask[rows].float().to(device), all_advantages[rows.to(device)]
-    n_seq, n_tok, width = mask.shape[0], int(mask.sum()), gen.completion_ids.shape[1]
-    n_all_seq, n_all_tok = (n_seq, n_tok) if args.refill else (len(scored), int(gen.completion_mask.sum()))
-    micro = [slice(k, k + args.micro_batch) for k in range(0, n_seq, args.micro_batch)]
+    batches = micro_batches(gen, rows, all_advantages, args.micro_batch, device)
+    n_tok = int(gen.completion_mask[rows].sum())
+    n_all_seq, n_all_tok = (len(rows), n_tok) if args.refill else (len(scored), int(gen.completion_mask.sum()))
     with torch.no_grad(), autocast(args.precision, device):
-        ref_logp = None
-        if args.beta > 0 and n_seq:
+        ref_logp = [None] * len(batches)
+        if args.beta > 0 and batches:
             with reference_context(model, frozen_ref) as ref_model:
-                ref_logp = torch.cat([token_logprobs(ref_model, input_ids[s], attention[s], width, T) for s in micro])
-        old_logp = torch.cat([token_logprobs(model, input_ids[s], attention[s], width, T) for s in micro]) \
-            if args.num_iterations > 1 and n_seq else None   # mu > 1: the policy that sampled, computed once
+                ref_logp = [token_logprobs(ref_model, b.input_ids, b.attention, b.mask, T) for b in batches]
+        old_logp = [token_logprobs(model, b.input_ids, b.attention, b.mask, T) for b in batches] \
+            if args.num_iterations > 1 else [None] * len(batches)   # mu > 1: the policy that sampled, computed once
     t_ref = time.perf_counter()
 
     model.train()
     stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
     finite, grad_norm = True, 0.0
-    for _ in range(args.num_iterations if n_seq else 0):
-        for s in micro:
+    for _ in range(args.num_iterations if batches else 0):
+        for b, ref, old in zip(batches, ref_logp, old_logp):
             with autocast(args.precision, device):
-                logp = token_logprobs(model, input_ids[s], attention[s], width, T)
-            old = logp.detach() if old_logp is None else old_logp[s]   # mu = 1: ratio 1, gradient intact
-            per_token, kl, clipped = clipped_policy_loss(logp, old, None if ref_logp is None else ref_logp[s],
-                                                         advantages[s], args.beta, args.eps_low, args.eps_high)
-            loss = aggregate_loss(per_token, mask[s], args.loss_agg, n_all_seq, n_all_tok, args.max_new_tokens)
+                logp = token_logprobs(model, b.input_ids, b.attention, b.mask, T)
+            old = logp.detach() if old is None else old   # mu = 1: ratio 1, gradient intact
+            per_token, kl, clipped = clipped_policy_loss(logp, old, ref, b.advantages, args.beta, args.eps_low,
+                                                         args.eps_high)
+            loss = aggregate_loss(per_token, b.mask, args.loss_agg, n_all_seq, n_all_tok, args.max_new_tokens)
             loss.backward()
             stats["loss"] += loss.item() / args.num_iterations
-            stats["kl"] += float((kl.detach() * mask[s]).sum()) / max(n_tok, 1) / args.num_iterations
-            stats["clipped"] += float((clipped.float() * mask[s]).sum()) / max(n_tok, 1) / args.num_iterations
+            stats["kl"] += float((kl.detach() * b.mask).sum()) / max(n_tok, 1) / args.num_iterations
+            stats["clipped"] += float((clipped.float() * b.mask).sum()) / max(n_tok, 1) / args.num_iterations
         grad_norm, finite = optimizer_step(optimizer, scheduler, params, args.clip, stats["loss"])
         if not finite:
             break

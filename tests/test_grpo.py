@@ -72,7 +72,7 @@ def batch(tok):
 def test_token_logprobs_match_unpadded_log_softmax():
     model, tok = load("tiny-random")
     prompts, completions, ids, attention, mask = batch(tok)
-    got = token_logprobs(model, ids, attention, 4, temperature=0.7, chunk=3)
+    got = token_logprobs(model, ids, attention, mask, temperature=0.7, chunk=3)
     for i, (p, c) in enumerate(zip(prompts, completions)):
         n = int(mask[i].sum())
         seq = torch.tensor([p + c[:n]])
@@ -90,7 +90,7 @@ def test_one_iteration_gradient_is_policy_gradient(mode):
 
     def grads(loss_of):
         model.zero_grad()
-        logp = token_logprobs(model, ids, attention, 4, 1.0)
+        logp = token_logprobs(model, ids, attention, mask, 1.0)
         loss_of(logp).backward()
         return [p.grad.clone() for p in model.parameters()]
 
@@ -108,15 +108,15 @@ def test_one_iteration_gradient_is_policy_gradient(mode):
 def test_reference_is_the_policy_with_adapters_disabled():
     model, tok = load("tiny-random")
     base, _ = load("tiny-random")
-    _, _, ids, attention, _ = batch(tok)
+    _, _, ids, attention, mask = batch(tok)
     inject_lora(model, rank=4, alpha=8)
     with torch.no_grad():
         for layer in lora_layers(model).values():
             layer.lora_B.normal_(std=0.05)
-        policy = token_logprobs(model, ids, attention, 4, 1.0)
+        policy = token_logprobs(model, ids, attention, mask, 1.0)
         with disable_adapters(model):
-            reference = token_logprobs(model, ids, attention, 4, 1.0)
-        expected = token_logprobs(base, ids, attention, 4, 1.0)
+            reference = token_logprobs(model, ids, attention, mask, 1.0)
+        expected = token_logprobs(base, ids, attention, mask, 1.0)
     assert torch.equal(reference, expected) and not torch.allclose(policy, reference)
 
 
@@ -144,3 +144,54 @@ def test_resume_matches_uninterrupted_run(tmp_path, demo_dir):
     assert [json.loads(line)["step"] for line in (cut / "rollouts.jsonl").read_text().splitlines()] == \
         [1, 1, 2, 2, 3, 3, 4, 4]
     assert (cut / "rollouts.jsonl").read_text() == (tmp_path / "full" / "rollouts.jsonl").read_text()
+
+
+def ragged_generation(tok):
+    """Six rows: prompts of 2, 9 and 20 tokens (two rows each, a group of G = 2), completions of 1 to 7 tokens."""
+    from sampling import Generation
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, 200, (n,), generator=g).tolist() for n in (2, 2, 20, 20, 9, 9)]
+    lengths = [7, 1, 3, 6, 2, 5]
+    p_ids, p_mask = left_pad(prompts, tok.pad_token_id)
+    c_ids = torch.full((6, 7), tok.pad_token_id)
+    c_mask = torch.zeros(6, 7, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        c_ids[i, :n] = torch.randint(5, 200, (n,), generator=g)
+        c_mask[i, :n] = 1
+    return Generation(p_ids, p_mask, c_ids, c_mask, torch.zeros(6, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("mode", ["grpo", "dapo", "dr_grpo"])
+def test_micro_batches_of_similar_length_give_the_padded_batch_loss_and_gradient(mode):
+    from grpo import micro_batches
+    model, tok = load("tiny-random")
+    gen = ragged_generation(tok)
+    adv = torch.tensor([0.5, -0.5, 1.2, -1.2, 0.3, -0.3])
+    ref = torch.randn(6, 7, generator=torch.Generator().manual_seed(1)) * 0.1 - 2.0
+    n_seq, n_tok = 6, int(gen.completion_mask.sum())
+
+    def loss_and_grad(parts):
+        model.zero_grad()
+        total = 0.0
+        for ids, attention, mask, a, r in parts:
+            logp = token_logprobs(model, ids, attention, mask, 1.0)
+            per_token, _, _ = clipped_policy_loss(logp, logp.detach(), r, a, 0.04, 0.2, 0.28)
+            loss = aggregate_loss(per_token, mask, mode, n_seq, n_tok, 8)
+            loss.backward()
+            total += loss.item()
+        return total, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    # one padded batch: every row as wide as the longest prompt (20) plus the longest completion (7)
+    padded = [(torch.cat([gen.prompt_ids, gen.completion_ids], 1), torch.cat([gen.prompt_mask, gen.completion_mask], 1),
+               gen.completion_mask.float(), adv, ref)]
+    batches = micro_batches(gen, torch.arange(6), adv, 2, "cpu")
+    # sorted by prompt, then completion length: rows (1, 0), (4, 5), (2, 3); each trimmed to its own widths
+    assert [tuple(b.input_ids.shape) for b in batches] == [(2, 2 + 7), (2, 9 + 5), (2, 20 + 6)]
+    order = [1, 0, 4, 5, 2, 3]
+    parts = [(b.input_ids, b.attention, b.mask, b.advantages, ref[order[2 * k:2 * k + 2], :b.mask.shape[1]])
+             for k, b in enumerate(batches)]
+    assert torch.equal(torch.cat([b.advantages for b in batches]), adv[order])
+    loss_padded, grad_padded = loss_and_grad(padded)
+    loss_micro, grad_micro = loss_and_grad(parts)
+    assert loss_micro == pytest.approx(loss_padded, abs=1e-6)
+    assert grad_padded.abs().sum() > 0 and torch.allclose(grad_micro, grad_padded, atol=1e-6)

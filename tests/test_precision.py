@@ -105,7 +105,7 @@ def test_scoring_passes_build_no_kv_cache():
     seen = []
     model.get_decoder().register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("use_cache")), with_kwargs=True)
     ids, attention = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
-    grpo.token_logprobs(model, ids, attention, 2, 1.0)
+    grpo.token_logprobs(model, ids, attention, torch.ones(1, 2), 1.0)
     sft.masked_token_nll(model, ids, attention, torch.tensor([[sft.IGNORE, 6, 7, 8]]))
     assert seen == [False, False]
 
