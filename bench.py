@@ -30,7 +30,7 @@ from data import load_turn_samples, prompt_ids, resolve_data
 from lora import inject_lora
 from model import autocast, eos_ids, load
 from rewards import RewardWeights, composite_reward
-from sampling import generate
+from sampling import generate, sampling_noise
 from sft import Encoded, collate, sft_step
 from toolcalls import parse_completion
 
@@ -56,12 +56,12 @@ def bench_tiny(model_name: str, precision: str) -> None:
     print(f"# tiny model ({model_name}), {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"--precision {precision}")
     for label, temperature in (("greedy", 0.0), ("sampled T=1", 1.0)):
-        g = torch.Generator().manual_seed(0)
+        noise = sampling_noise(G, n_new, torch.Generator().manual_seed(0))
         ours = generate(model, prompts[:1], eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, group_size=G,
-                        max_new_tokens=n_new, temperature=temperature, generator=g)
+                        max_new_tokens=n_new, temperature=temperature, noise=noise)
         with autocast(precision, "cpu"):
             ours_s = timed(lambda: generate(model, prompts[:1], eos_ids=[-1], pad_id=tok.pad_token_id, group_size=G,
-                                            max_new_tokens=n_new, temperature=temperature, generator=g))
+                                            max_new_tokens=n_new, temperature=temperature, noise=noise))
         ids = torch.tensor([prompts[0]] * G)
         with autocast(precision, "cpu"):
             hf_s = timed(lambda: model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=temperature > 0,
@@ -267,7 +267,8 @@ def measure_phase(phase: str, prompt_len: int, tokenizer_dir: str | None) -> int
         if phase == "rollout":
             model.eval()
             generate(model, prompts, eos_ids=[-1], pad_id=tok.pad_token_id, group_size=r["group"],
-                     max_new_tokens=r["new_tokens"], temperature=1.0, generator=g, rollout_batch=r["rollout_batch"])
+                     max_new_tokens=r["new_tokens"], temperature=1.0, rollout_batch=r["rollout_batch"],
+                     noise=sampling_noise(r["prompts"] * r["group"], r["new_tokens"], g))
         elif phase == "reference":
             with torch.no_grad():
                 grpo.token_logprobs(model, seq, attention, completion, 1.0)

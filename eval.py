@@ -37,7 +37,7 @@ from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from episodes import load_tasks, run_episodes, score, transcript
 from model import PRECISIONS, autocast, eos_ids, is_tiny, load, resolve_precision, trained_as
 from rewards import action_correct, composite_reward, r_decision, r_format
-from sampling import generate
+from sampling import generate, sampling_noise
 from stats import difference_ci, mean_ci, show
 from toolcalls import Parsed, argument_f1, calls_match, names_match, parse_completion, token_f1
 
@@ -122,10 +122,11 @@ def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, 
     device = next(model.parameters()).device
     for k in tqdm(range(0, len(order), batch_size), desc="eval", disable=not progress, dynamic_ncols=True):
         idx = order[k:k + batch_size]
+        noise = sampling_noise(len(idx), max_new_tokens, generator) if temperature > 0 else None
         with autocast(precision, device):
             gen = generate(model, [prompts[i] for i in idx], eos_ids=eos_ids(model, tokenizer),
                            pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, temperature=temperature,
-                           generator=generator)
+                           noise=noise)
         for i, ids, truncated in zip(idx, gen.completion_lists(), gen.truncated.tolist()):
             outputs[i] = (tokenizer.decode(ids, skip_special_tokens=True), truncated)
     return outputs
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             model, tokenizer = load(model_name, device=args.device)
             t0 = time.perf_counter()
             settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
-            results = evaluate_turns(model, tokenizer, samples, thinking, precision=precision, progress=True, **settings)
+            results = evaluate_turns(model, tokenizer, samples, thinking, precision=precision, progress=True,
+                                     **settings)
             successes[name] = [[float(r.success) for r in results]]
             rows[name] = {**aggregate(results), "turn_success_ci": mean_ci(successes[name])[1:], "thinking": thinking,
                           "seconds": round(time.perf_counter() - t0, 1)}

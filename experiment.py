@@ -8,7 +8,8 @@ A configuration is a reward design (rewards.DESIGNS: paper, binary, fine, no-<co
 dynamic sampling), or NAME=FLAGS for any grpo.py flags (e.g. "clip10=--eps-high 0.1"); --grid adds the product of
 two (or more) flags' values. Everything after -- goes to every grpo.py run. Each (configuration, seed) trains
 with `python grpo.py` into OUT/CONFIG/seedS and is evaluated greedily on --eval-data (eval.evaluate_turns), and with
---episodes on whole conversations. The start model is evaluated once, as the row "start".
+--episodes on whole conversations. The start model is evaluated once, as the row "start", and so is each
+--compare NAME=MODEL (e.g. the base SFT model: how GRPO compares with the stage without thinking).
 
 The table gives, per configuration, each metric's mean over seeds and held-out turns with a 95% interval, and the
 difference to the first configuration (the baseline) with its own interval, paired over the held-out turns
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", nargs="+", default=[], metavar="FLAG=V1,V2", help="add every combination of these "
                    "grpo.py flags' values (e.g. w-tool=0.3,0.9 w-efficiency=0,0.3)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--compare", nargs="+", default=[], metavar="NAME=MODEL", help="more rows: these models "
+                   "evaluated as they are (e.g. base_sft=runs/sft)")
     p.add_argument("--episodes", type=int, default=0, metavar="N", help="also N tasks of whole conversations "
                    "(episodes.py) per model, --trials each")
     p.add_argument("--trials", type=int, default=2, help="episodes: trials per task")
@@ -173,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         samples = load_turn_samples(resolve_data(args.eval_data))[0][:args.limit]
         tasks = load_tasks(str(args.episodes), args.seed) if args.episodes else []
         results = {"start": [evaluate_run(args.model, out / "start.json", samples, tasks, args)]}
+        for entry in args.compare:
+            name, sep, model_dir = entry.partition("=")
+            if not sep or name in names or name == "start":
+                raise BadInput(f"--compare {entry!r}: expected NAME=MODEL with a new NAME")
+            results[name] = [evaluate_run(model_dir, out / f"{name}.json", samples, tasks, args)]
         results.update({name: [] for name in names})
         for seed in args.seeds:   # seed by seed: a run cut short still has every configuration at its first seeds
             for name, flags in configs:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import random
 import sys
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+import parallel
 from cli import run_cli
 from data import DataError, TurnSample, action_kind, load_turn_samples, prompt_ids, resolve_data
 from eval import held_out_evaluator
@@ -36,7 +38,7 @@ from lora import disable_adapters
 from model import autocast, eos_ids
 from rewards import COMPONENTS, DESIGNS, RewardWeights, composite_reward, paper_terms
 from runs import Run, add_run_arguments, load_for_training, optimizer_step, resolve_defaults, resume_args, warmup_cosine
-from sampling import Generation, concatenate, generate, positions
+from sampling import Generation, concatenate, generate, positions, sampling_noise
 from toolcalls import parse_completion
 
 LOSS_AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
@@ -190,6 +192,7 @@ def score_rollout(tokenizer, gen: Generation, samples: list[TurnSample], group_s
         parsed, ref = parse_completion(text), samples[row // group_size].target
         reward = composite_reward(parsed, truncated, ref, thinking, weights)
         scored.append({"text": text, **reward.as_dict(), "terms": paper_terms(reward, weights), "truncated": truncated,
+                       "tokens": len(ids),
                        "reasoning_words": parsed.reasoning_words, "well_formed": parsed.well_formed,
                        "called_tool": bool(parsed.tool_calls), "ref_tool_call": ref.is_tool_call,
                        "reasoning": parsed.reasoning, "tool_calls": parsed.tool_calls, "answer_text": parsed.answer,
@@ -225,11 +228,10 @@ def rollout_groups(samples: list[TurnSample], scored: list[dict], advantages: to
                    ) -> list[dict]:
     """The step's groups as rollouts.jsonl records (one line each; `python rollouts.py` shows them)."""
     groups = []
+    shown = ("text", "total", *COMPONENTS, "truncated", "reasoning", "tool_calls", "answer_text", "errors")
     for i, sample in enumerate(samples):
         rows = range(i * group_size, (i + 1) * group_size)
-        completions = [{"advantage": round(float(advantages[r]), 4),
-                        **{k: scored[r][k] for k in ("text", "total", *COMPONENTS, "truncated", "reasoning", "tool_calls",
-                                                      "answer_text", "errors")}} for r in rows]
+        completions = [{"advantage": round(float(advantages[r]), 4), **{k: scored[r][k] for k in shown}} for r in rows]
         groups.append({"conversation_id": sample.conversation_id, "turn": len(sample.messages),
                        "kind": action_kind(sample.target),
                        "reference": {"reasoning": sample.target.reasoning, "tool_calls": sample.target.tool_calls,
@@ -311,6 +313,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.refill and args.keep_zero_variance:
         p.error("--refill trains on informative groups only; it cannot --keep-zero-variance")
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))   # torchrun's: each rank takes whole groups (parallel.py)
+    if args.prompts_per_step % ranks:
+        p.error(f"--prompts-per-step {args.prompts_per_step} does not split over {ranks} processes")
     return resolve_defaults(resume_args(args), SCALE_DEFAULTS, LR_DEFAULTS)
 
 
@@ -334,7 +339,8 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
         batch_rng = random.Random(args.seed * 1_000_003 + step)   # the batch of step k is fixed: resumable
         generator.manual_seed(args.seed * 1_000_003 + step)
         draw = args.prompts_per_step * (args.refill_cap if args.refill else 1)
-        chosen = batch_rng.sample(range(len(samples)), min(draw, len(samples)))
+        chosen = batch_rng.sample(range(len(samples)), min(draw, len(samples) // args.prompts_per_step *
+                                                           args.prompts_per_step))   # whole draws of B
         record = grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, [samples[i] for i in chosen],
                            [prompts[i] for i in chosen], generator, args, thinking, weights)
         groups = record.pop("groups")
@@ -345,15 +351,22 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
     return run.finish()
 
 
-def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], generator: torch.Generator, args,
-            thinking: bool, weights: RewardWeights) -> tuple[Generation, list[dict]]:
-    """G sampled completions of each prompt, scored (score_rollout)."""
+def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], first: int,
+            generator: torch.Generator, args, thinking: bool, weights: RewardWeights
+            ) -> tuple[Generation, list[dict], list[TurnSample]]:
+    """G sampled completions of this rank's share of the B prompts from `first` on, scored (score_rollout); the
+    noise of all B x G rows is drawn and each rank keeps its rows' (sampling.py: what one process would sample)."""
+    B, G = args.prompts_per_step, args.group_size
+    noise = sampling_noise(B * G, args.max_new_tokens, generator)[parallel.share(B * G)]
+    mine = parallel.share(B)
+    samples, prompts = samples[first + mine.start:first + mine.stop], prompts[first + mine.start:first + mine.stop]
     model.eval()
     with autocast(args.precision, next(model.parameters()).device):
         gen = generate(model, prompts, eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id,
-                       group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       top_p=args.top_p, generator=generator, rollout_batch=args.rollout_batch)
-    return gen, score_rollout(tokenizer, gen, samples, args.group_size, thinking, weights)
+                       group_size=G, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_p=args.top_p, noise=noise.to(next(model.parameters()).device),
+                       rollout_batch=args.rollout_batch)
+    return gen, score_rollout(tokenizer, gen, samples, G, thinking, weights), samples
 
 
 def informative(totals: torch.Tensor) -> torch.Tensor:
@@ -366,33 +379,36 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
               ) -> dict:
     """One GRPO step: rollout, rewards, advantages, reference log-probs, policy update(s). samples / prompts are
     the step's draw: B of them, or with --refill up to refill_cap x B, taken B at a time until B groups are
-    informative (DAPO's dynamic sampling)."""
+    informative (DAPO's dynamic sampling). Under torchrun each rank takes its share of every B (whole groups) and
+    the normalisers and the gradient are summed over the ranks (parallel.py)."""
     B, G, T = args.prompts_per_step, args.group_size, args.temperature or 1.0
     device = next(model.parameters()).device
     t0 = time.perf_counter()
-    gen, scored = rollout(model, tokenizer, samples[:B], prompts[:B], generator, args, thinking, weights)
-    drawn = B
-    while args.refill and int(informative(group_totals(scored, G)).sum()) < B and drawn < len(samples):
-        more = slice(drawn, drawn + B)
-        more_gen, more_scored = rollout(model, tokenizer, samples[more], prompts[more], generator, args, thinking,
-                                        weights)
-        gen, scored, drawn = concatenate([gen, more_gen], tokenizer.pad_token_id), scored + more_scored, drawn + B
+    gen, scored, mine = rollout(model, tokenizer, samples, prompts, 0, generator, args, thinking, weights)
+    drawn, b_local = B, B // parallel.world()
+    while args.refill and int(informative(group_totals(scored, G)).sum()) < b_local and drawn < len(samples):
+        more_gen, more_scored, more = rollout(model, tokenizer, samples, prompts, drawn, generator, args, thinking,
+                                              weights)
+        gen, scored, mine = concatenate([gen, more_gen], tokenizer.pad_token_id), scored + more_scored, mine + more
+        drawn += B
     totals = group_totals(scored, G)
     all_advantages = group_advantages(totals, scale_std=not args.no_std_scale).view(-1).to(device)
     t_rollout = time.perf_counter()
 
     # The sequences: prompt, then completion (nothing after its EOS is attended or scored), in micro-batches of
-    # similar length (micro_batches). A group whose completions all scored the same has A = 0 and teaches nothing: as in DAPO's dynamic sampling
-    # it is left out of the reference and update passes (--keep-zero-variance keeps it, for its KL term); the loss
-    # normalisers count every row drawn, or under --refill the rows of the first B informative groups (the batch).
+    # similar length (micro_batches). A group whose completions all scored the same has A = 0 and teaches nothing:
+    # as in DAPO's dynamic sampling it is left out of the reference and update passes (--keep-zero-variance keeps
+    # it, for its KL term); the loss normalisers count every row drawn, or under --refill the rows of the first B
+    # informative groups (the batch).
     informative_groups = informative(totals)
     if args.refill:
-        informative_groups &= informative_groups.cumsum(0) <= B
+        informative_groups &= informative_groups.cumsum(0) <= b_local
     keep = torch.ones_like(informative_groups) if args.keep_zero_variance else informative_groups
     rows = keep.repeat_interleave(G).nonzero().squeeze(-1)
     batches = micro_batches(gen, rows, all_advantages, args.micro_batch, device)
-    n_tok = int(gen.completion_mask[rows].sum())
-    n_all_seq, n_all_tok = (len(rows), n_tok) if args.refill else (len(scored), int(gen.completion_mask.sum()))
+    n_tok = int(parallel.all_sum(int(gen.completion_mask[rows].sum())))   # every count is of the global batch
+    n_all_seq, n_all_tok = (int(parallel.all_sum(len(rows))), n_tok) if args.refill else \
+        (len(scored) * parallel.world(), int(parallel.all_sum(int(gen.completion_mask.sum()))))
     with torch.no_grad(), autocast(args.precision, device):
         ref_logp = [None] * len(batches)
         if args.beta > 0 and batches:
@@ -405,7 +421,8 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
     model.train()
     stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
     finite, grad_norm = True, 0.0
-    for _ in range(args.num_iterations if batches else 0):
+    for _ in range(args.num_iterations if parallel.any_rank(bool(batches)) else 0):   # no update without a row
+        sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
         for b, ref, old in zip(batches, ref_logp, old_logp):
             with autocast(args.precision, device):
                 logp = token_logprobs(model, b.input_ids, b.attention, b.mask, T)
@@ -414,29 +431,35 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
                                                          args.eps_high)
             loss = aggregate_loss(per_token, b.mask, args.loss_agg, n_all_seq, n_all_tok, args.max_new_tokens)
             loss.backward()
-            stats["loss"] += loss.item() / args.num_iterations
-            stats["kl"] += float((kl.detach() * b.mask).sum()) / max(n_tok, 1) / args.num_iterations
-            stats["clipped"] += float((clipped.float() * b.mask).sum()) / max(n_tok, 1) / args.num_iterations
-        grad_norm, finite = optimizer_step(optimizer, scheduler, params, args.clip, stats["loss"])
+            sums["loss"] += loss.item()
+            sums["kl"] += float((kl.detach() * b.mask).sum())
+            sums["clipped"] += float((clipped.float() * b.mask).sum())
+        sums = {k: parallel.all_sum(v) for k, v in sums.items()}   # of the whole batch: the loss, token sums
+        stats["loss"] += sums["loss"] / args.num_iterations
+        stats["kl"] += sums["kl"] / max(n_tok, 1) / args.num_iterations
+        stats["clipped"] += sums["clipped"] / max(n_tok, 1) / args.num_iterations
+        grad_norm, finite = optimizer_step(optimizer, scheduler, params, args.clip, sums["loss"])
         if not finite:
             break
     t_update = time.perf_counter()
 
-    lengths = gen.completion_mask.sum(-1).float()
+    everyone = parallel.gather(scored)   # the step's completions over all ranks, in the draw's order
+    all_totals = group_totals(everyone, G)
     return {
-        "reward": {"total": float(totals.mean()), "std": float(totals.std(unbiased=False)),
-                   **{k: mean_of(scored, k) for k in COMPONENTS}},
-        "zero_variance_groups": 1.0 - float(informative(totals).float().mean()), "prompts_drawn": drawn,
-        "decision": decision_confusion(scored), "parse_failure": 1.0 - mean_of(scored, "well_formed"),
-        "separated_by": separated_by(scored, G),
+        "reward": {"total": float(all_totals.mean()), "std": float(all_totals.std(unbiased=False)),
+                   **{k: mean_of(everyone, k) for k in COMPONENTS}},
+        "zero_variance_groups": 1.0 - float(informative(all_totals).float().mean()),
+        "prompts_drawn": int(parallel.all_sum(len(mine))),
+        "decision": decision_confusion(everyone), "parse_failure": 1.0 - mean_of(everyone, "well_formed"),
+        "separated_by": separated_by(everyone, G),
         "loss": stats["loss"], "kl": stats["kl"], "clip_fraction": stats["clipped"],
         "grad_norm": grad_norm, "finite": finite,
-        "completion_len": float(lengths.mean()), "truncated": float(gen.truncated.float().mean()),
-        "reasoning_words": mean_of(scored, "reasoning_words"),
+        "completion_len": mean_of(everyone, "tokens"), "truncated": mean_of(everyone, "truncated"),
+        "reasoning_words": mean_of(everyone, "reasoning_words"),
         "seconds": {"rollout": t_rollout - t0, "reference": t_ref - t_rollout, "update": t_update - t_ref,
                     "total": t_update - t0},
-        "tokens_per_s": float(gen.prompt_mask.sum() + gen.completion_mask.sum()) / (t_update - t0),
-        "groups": rollout_groups(samples[:drawn], scored, all_advantages, G),
+        "tokens_per_s": parallel.all_sum(float(gen.prompt_mask.sum() + gen.completion_mask.sum())) / (t_update - t0),
+        "groups": parallel.gather(rollout_groups(mine, scored, all_advantages, G)),
     }
 
 
@@ -460,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     def body():
         args = parse_args(argv)
         args.data = resolve_data(args.data)
-        print(f"saved {train(args)}")
+        saved = train(args)
+        if saved:
+            print(f"saved {saved}")
     return run_cli(body)
 
 

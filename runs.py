@@ -14,7 +14,8 @@ The output directory of a run: args.json (its arguments; `--resume OUT` reads th
 checkpoint (a symlink to the last complete checkpoint directory, swapped in one atomic rename every
 --save-every steps and when SIGTERM / SIGINT stops the run), and at the end the model itself. A resumed run
 restores the checkpoint and drops the log lines of the steps after it, so it ends exactly as an uninterrupted
-run would.
+run would. Under torchrun (parallel.py) every rank runs this same life; rank 0 alone writes the log, evaluates and
+saves, and the ranks decide together when to stop (a signal or the time budget seen by one stops all).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+import parallel
 from cli import BadInput, Stopped
 from lora import inject_lora, load_adapter, lora_layers, merge_lora, save_adapter
 from model import PRECISIONS, is_tiny, load, resolve_precision, save, staging_dir, trained_as
@@ -120,6 +122,7 @@ def load_for_training(args: argparse.Namespace):
         inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
     if args.grad_checkpointing == "on":
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    parallel.same_start(model)
     model.train()
     return model, tokenizer
 
@@ -136,9 +139,11 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.1) -> Callable[[
 
 def optimizer_step(optimizer, scheduler, params: list[torch.nn.Parameter], clip: float, loss: float
                    ) -> tuple[float, bool]:
-    """Clip the accumulated gradient to norm `clip` and take the step, unless the loss or the gradient is not
-    finite: then the update is dropped (the weights stay good) and the caller's record says finite=False.
-    Returns (gradient norm before clipping, finite)."""
+    """Sum the accumulated gradient over the ranks (parallel.py; nothing in one process), clip it to norm `clip`
+    and take the step, unless the loss (of the whole batch) or the gradient is not finite: then the update is
+    dropped (the weights stay good) and the caller's record says finite=False. Returns (gradient norm before
+    clipping, finite)."""
+    parallel.sum_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
     finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
     if finite:
@@ -234,9 +239,14 @@ class Run:
 
     def __init__(self, args: argparse.Namespace, desc: str, progress: tuple[str, ...], stop_after: int | None = None):
         self.args, self.desc, self.progress, self.stop_after = args, desc, progress, stop_after
+        device = parallel.start()   # under torchrun: join the process group (each rank its own GPU)
+        if device is not None:
+            args.device = str(device)
+        self.main = parallel.is_main()
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "args.json").write_text(json.dumps(vars(args), indent=1))
+        if self.main:
+            (self.out / "args.json").write_text(json.dumps(vars(args), indent=1))
         torch.manual_seed(args.seed)
         self.state = {"step": 0, "train_seconds": 0.0}
         self.killed = False
@@ -254,16 +264,17 @@ class Run:
                 raise BadInput(f"{ckpt}: no checkpoint to resume from (the run stopped before its first save); run "
                                f"it again without --resume to start over")
             self.state = load_checkpoint(ckpt, model, optimizer, scheduler)
-            for path in (log_path, self.out / ROLLOUTS):   # the steps after the checkpoint run again
+            for path in (log_path, self.out / ROLLOUTS) if self.main else ():   # the steps after it run again
                 if path.exists():
                     kept = [line for line in path.read_text().splitlines()
                             if json.loads(line)["step"] <= self.state["step"]]
                     path.write_text("".join(line + "\n" for line in kept))
             print(f"resumed from {ckpt} at step {self.state['step']}", file=sys.stderr)
-        self.log = log_path.open("a")
-        if evaluator and self.state["step"] == 0:
+        self.log = log_path.open("a") if self.main else None
+        if evaluator and self.state["step"] == 0 and self.main:
             self.write({"step": 0, "eval": evaluator(model)})
-        self.bar = tqdm(total=self.total, initial=self.state["step"], desc=self.desc, dynamic_ncols=True)
+        self.bar = tqdm(total=self.total, initial=self.state["step"], desc=self.desc, dynamic_ncols=True,
+                        disable=not self.main)
         self.stop_signal = None
         self.previous_handlers = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.clock = time.perf_counter()
@@ -281,16 +292,20 @@ class Run:
 
     def close(self) -> None:
         self.bar.close()
-        self.log.close()
+        if self.log:
+            self.log.close()
         for sig, handler in self.previous_handlers.items():
             signal.signal(sig, handler)
 
     def write(self, record: dict) -> None:
-        self.log.write(json.dumps(record) + "\n")
-        self.log.flush()
+        if self.log:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
 
     def write_rollouts(self, step: int, groups: list[dict]) -> None:
-        """Append step `step`'s groups to OUT/rollouts.jsonl, one line each."""
+        """Append step `step`'s groups to OUT/rollouts.jsonl, one line each (rank 0)."""
+        if not self.main:
+            return
         with (self.out / ROLLOUTS).open("a") as f:
             f.writelines(json.dumps({"step": step, **group}) + "\n" for group in groups)
 
@@ -307,16 +322,21 @@ class Run:
             raise FloatingPointError(f"loss or gradient is not finite at step {step}; the update was not applied "
                                      f"and the last good checkpoint is in {self.out / 'checkpoint'}")
         args = self.args
-        done = step == self.total or bool(args.max_minutes and self.state["train_seconds"] > 60 * args.max_minutes)
-        if self.evaluator and (done or (args.eval_every and step % args.eval_every == 0)):
+        over_time = bool(args.max_minutes and self.state["train_seconds"] > 60 * args.max_minutes)
+        done = step == self.total or parallel.any_rank(over_time)
+        stopping = parallel.any_rank(self.stop_signal is not None)
+        if self.evaluator and self.main and (done or (args.eval_every and step % args.eval_every == 0)):
             record["eval"] = self.evaluator(self.model)
         self.write(record)
         self.bar.set_postfix({key: f"{lookup(record, key):.4g}" for key in self.progress})
         self.bar.update(1)
-        if not done and (step % args.save_every == 0 or self.stop_signal is not None):
-            save_checkpoint(self.out / "checkpoint", self.model, self.tokenizer, self.optimizer, self.scheduler,
-                            self.state, base_model=self.args.model)
-        if not done and self.stop_signal is not None:
+        if not done and (step % args.save_every == 0 or stopping):
+            if self.main:
+                save_checkpoint(self.out / "checkpoint", self.model, self.tokenizer, self.optimizer, self.scheduler,
+                                self.state, base_model=self.args.model)
+            parallel.barrier()   # no rank exits (and has torchrun stop the others) while rank 0 writes
+        if not done and stopping:
+            self.stop_signal = self.stop_signal or signal.SIGTERM   # a signal another rank received
             self.close()
             raise Stopped(f"{signal.Signals(self.stop_signal).name} after step {step}, checkpoint written; continue "
                           f"with: python {self.desc.split()[0]}.py --resume {self.out}", self.stop_signal)
@@ -329,7 +349,9 @@ class Run:
         PEFT's format, for PEFT or vLLM on top of --model; the run's args.json and log.jsonl). None after a
         simulated kill."""
         self.close()
-        if self.killed:
+        if self.killed or not self.main:
+            parallel.barrier()
+            parallel.stop()
             return None
         model, out = self.model, self.out
         extra = {name: out / name for name in ("log.jsonl", "args.json", ROLLOUTS) if (out / name).exists()}
@@ -338,4 +360,7 @@ class Run:
             extra["adapter"] = out / "adapter"
             merge_lora(model)   # in fp32: the weights hold the whole update (see model.autocast)
         model.eval()
-        return save(model, self.tokenizer, out, extra)
+        path = save(model, self.tokenizer, out, extra)
+        parallel.barrier()
+        parallel.stop()
+        return path

@@ -5,7 +5,10 @@ hides the padding and position ids count only real tokens (pos = cumsum(mask) - 
 prompt is computed exactly as it would be alone. Each prompt is prefilled once and its KV cache shared by
 its G rows (GRPO's group); rows are generated in chunks of whole groups to bound the cache.
 Each sequence stops at its first EOS; completions keep their sampled token ids (never re-tokenised),
-with a mask that covers the tokens up to and including that EOS.
+with a mask that covers the tokens up to and including that EOS. Sampling reads one uniform number per row and
+position (sampling_noise) through the inverse CDF, so a row's completion depends on its prompt and its noise only,
+not on which rows share its batch: a chunked rollout, or the ranks of a distributed run (parallel.py) each holding
+a share of the groups, sample what one batch would.
 """
 
 from __future__ import annotations
@@ -43,10 +46,16 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-               ) -> torch.Tensor:
-    """Greedy when temperature == 0; otherwise sample from softmax(logits / T) restricted to the
-    smallest set of tokens whose probability mass reaches top_p (nucleus sampling)."""
+def sampling_noise(rows: int, max_new_tokens: int, generator: torch.Generator | None) -> torch.Tensor:
+    """[rows, max_new_tokens] uniforms in [0, 1): row r's draw for each new token (on the generator's device)."""
+    device = generator.device if generator is not None else "cpu"
+    return torch.rand(rows, max_new_tokens, generator=generator, device=device)
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None) -> torch.Tensor:
+    """Greedy when temperature == 0; otherwise the token of softmax(logits / T), restricted to the smallest set of
+    tokens whose probability mass reaches top_p (nucleus sampling), that the uniforms u [rows] pick by the
+    inverse CDF: the first token whose cumulative mass exceeds u x total mass."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -55,27 +64,33 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator
         outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # mass before this token already >= top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.cumsum(-1)
+    token = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    return token.clamp(max=probs.shape[-1] - 1)   # u x total rounding onto the last boundary
 
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, eos_ids: list[int], pad_id: int, group_size: int = 1,
              max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-             generator: torch.Generator | None = None, rollout_batch: int | None = None) -> Generation:
-    """Sample `group_size` completions for each prompt (temperature 0 = greedy), with a KV cache.
+             noise: torch.Tensor | None = None, rollout_batch: int | None = None) -> Generation:
+    """Sample `group_size` completions for each prompt (temperature 0 = greedy), with a KV cache; noise
+    [prompts x group_size, max_new_tokens] (sampling_noise) is required when temperature > 0.
 
     Rows go through in chunks of whole groups, at most `rollout_batch` rows each (at least one group), so the
     KV cache holds at most that many rows whatever prompts x group_size is; row i of the result is completion
     i % G of prompt i // G, as without chunks.
     """
+    if temperature > 0 and (noise is None or tuple(noise.shape) != (len(prompts) * group_size, max_new_tokens)):
+        raise ValueError("sampling (temperature > 0) needs noise of shape [prompts x group_size, max_new_tokens]")
     per_chunk = max(1, (rollout_batch or len(prompts) * group_size) // group_size)
     parts = [generate_groups(model, prompts[k:k + per_chunk], eos_ids, pad_id, group_size, max_new_tokens,
-                             temperature, top_p, generator) for k in range(0, len(prompts), per_chunk)]
+                             temperature, top_p, None if noise is None else noise[k * group_size:(k + per_chunk) * group_size])
+             for k in range(0, len(prompts), per_chunk)]
     return concatenate(parts, pad_id)
 
 
 def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id: int, group_size: int,
-                    max_new_tokens: int, temperature: float, top_p: float, generator: torch.Generator | None
+                    max_new_tokens: int, temperature: float, top_p: float, noise: torch.Tensor | None
                     ) -> Generation:
     """One chunk: each prompt is prefilled once, and its KV cache and next-token logits are shared by its G rows
     (G times less prefill compute and activation memory than prefilling G copies)."""
@@ -92,8 +107,8 @@ def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id:
     logits, pos = out.logits[:, -1].repeat_interleave(group_size, 0), pos[:, -1:].repeat_interleave(group_size, 0)
     batch = prompt_ids.shape[0]
     tokens, done = [], torch.zeros(batch, dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
-        token = next_token(logits, temperature, top_p, generator)
+    for t in range(max_new_tokens):
+        token = next_token(logits, temperature, top_p, None if noise is None else noise[:, t])
         token = torch.where(done, torch.full_like(token, pad_id), token)   # finished rows emit padding
         tokens.append(token)
         done = done | torch.isin(token, eos)

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import parallel
 from cli import run_cli
 from data import (MAX_COLD_START_TURNS, DataError, TurnSample, convert_record, load_turn_samples, prompt_ids,
                   read_records, render_prompt, resolve_data)
@@ -144,16 +145,19 @@ def masked_token_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 def sft_step(model, optimizer, scheduler, params: list[torch.nn.Parameter], batches: list[dict[str, torch.Tensor]],
              clip: float, precision: str) -> dict:
     """One optimizer update over the micro-batches of a step (gradient accumulation): the loss is the mean NLL
-    over every supervised token of all of them, so accumulation equals one big batch; then clip and step."""
+    over every supervised token of all of them, so accumulation equals one big batch; then clip and step.
+    Under torchrun each rank backpropagates micro-batches rank, rank + world, ... (parallel.py) with the same
+    normaliser, the token count of all of them, and optimizer_step sums the gradients: the update of one process."""
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
     loss_sum = 0.0
-    for b in batches:
+    for b in batches[parallel.rank()::parallel.world()]:
         with autocast(precision, device):
             nll, _ = masked_token_nll(model, **{k: v.to(device) for k, v in b.items()})
         (nll / n_tokens).backward()
         loss_sum += nll.item()
+    loss_sum = parallel.all_sum(loss_sum)
     lr = scheduler.get_last_lr()[0]
     grad_norm, finite = optimizer_step(optimizer, scheduler, params, clip, loss_sum)
     seen = sum(int(b["attention_mask"].sum()) for b in batches)
@@ -334,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.data == PRETRAIN_STREAM and not args.max_steps:
             raise DataError("the pretraining stream is endless: pass --max-steps")
         else:
-            print(f"saved {train(args)}")
+            saved = train(args)
+            if saved:
+                print(f"saved {saved}")
     return run_cli(body)
 
 

@@ -26,11 +26,12 @@ def test_experiment_table_and_resume(tmp_path, demo_dir, capsys):
     out = tmp_path / "x"
     argv = ["--model", "tiny-random", "--data", str(tmp_path / "d.json"), "--eval-data",
             str(demo_dir / "retail_test.json"), "--limit", "6", "--out", str(out), "--seeds", "0",
-            "--configs", "paper", "binary", "--", "--steps", "1", "--group-size", "2", "--prompts-per-step", "2",
+            "--configs", "paper", "binary", "--compare", "same=tiny-random", "--", "--steps", "1", "--group-size", "2", "--prompts-per-step", "2",
             "--max-new-tokens", "8"]
     assert experiment.main(argv) == 0
     table = json.loads((out / "table.json").read_text())["rows"]
-    assert set(table) == {"start", "paper", "binary"}
+    assert set(table) == {"start", "same", "paper", "binary"}
+    assert table["same"]["turn_success"] == table["start"]["turn_success"]   # the start model, evaluated again
     evals = {name: json.loads((out / name / "seed0" / "eval.json").read_text()) for name in ("paper", "binary")}
     for name, result in evals.items():
         assert len(result["turn_success"]) == 6

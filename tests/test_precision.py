@@ -9,7 +9,7 @@ import grpo
 import sft
 from lora import PEFT_PREFIX, inject_lora, load_adapter, lora_layers, save_adapter
 from model import eos_ids, load
-from sampling import generate
+from sampling import generate, sampling_noise
 from toolcalls import parse_completion
 
 
@@ -139,8 +139,8 @@ def test_rollouts_in_chunks_equal_one_batch():
     assert torch.equal(whole.prompt_ids, chunked.prompt_ids) and torch.equal(whole.prompt_mask, chunked.prompt_mask)
 
     def sampled(seed):
-        return generate(model, prompts, temperature=1.0, rollout_batch=4, generator=torch.Generator().manual_seed(seed),
-                        **common)
+        return generate(model, prompts, temperature=1.0, rollout_batch=4, **common,
+                        noise=sampling_noise(9, 10, torch.Generator().manual_seed(seed)))
     a, b = sampled(3), sampled(3)
     assert torch.equal(a.completion_ids, b.completion_ids) and a.completion_ids.shape[0] == 9
     for row in range(9):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from model import load
-from sampling import generate, next_token
+from sampling import generate, next_token, sampling_noise
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,9 @@ def test_groups_and_seeded_sampling(tiny):
     prompts = prompts_of(tok)[:2]
 
     def sample(seed):
-        g = torch.Generator().manual_seed(seed)
+        noise = sampling_noise(8, 8, torch.Generator().manual_seed(seed))
         return generate(model, prompts, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, group_size=4,
-                        max_new_tokens=8, temperature=1.0, top_p=0.9, generator=g)
+                        max_new_tokens=8, temperature=1.0, top_p=0.9, noise=noise)
     a, b, c = sample(1), sample(1), sample(2)
     assert a.completion_ids.shape[0] == 8
     assert torch.equal(a.completion_ids, b.completion_ids) and not torch.equal(a.completion_ids, c.completion_ids)
@@ -81,7 +81,33 @@ def test_groups_and_seeded_sampling(tiny):
 def test_top_p_keeps_the_nucleus_only():
     # probs [0.5, 0.3, 0.15, 0.05]: top_p 0.7 keeps {0, 1} (mass before token 2 is 0.8 >= 0.7)
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    g = torch.Generator().manual_seed(0)
-    seen = {int(next_token(logits, 1.0, 0.7, g)) for _ in range(300)}
+    u = torch.rand(300, generator=torch.Generator().manual_seed(0))
+    seen = {int(next_token(logits, 1.0, 0.7, u[i:i + 1])) for i in range(300)}
     assert seen == {0, 1}
     assert int(next_token(logits, 0.0, 1.0, None)) == 0
+
+
+def test_inverse_cdf_sampling_has_the_softmax_frequencies():
+    # 20,000 rows at once: each token's frequency is within 4 standard errors sqrt(p (1 - p) / n) of p
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    n = 20_000
+    tokens = next_token(torch.log(p).expand(n, 5), 1.0, 1.0, torch.rand(n, generator=torch.Generator().manual_seed(0)))
+    freq = torch.bincount(tokens, minlength=5).double() / n
+    assert torch.all((freq - p).abs() <= 4 * torch.sqrt(p * (1 - p) / n))
+    assert freq[4] == 0                                                     # probability 0: never drawn
+    # the cut points: u just below 0.5 gives token 0, just above gives token 1; u = 0.99 gives token 3
+    assert next_token(torch.log(p)[None].expand(3, 5), 1.0, 1.0, torch.tensor([0.4999, 0.5001, 0.99])).tolist() \
+        == [0, 1, 3]
+
+
+def test_a_rows_completion_does_not_depend_on_its_batch(tiny):
+    model, tok = tiny
+    prompts = prompts_of(tok)[:3]
+    common = dict(eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, group_size=2, max_new_tokens=8,
+                  temperature=1.0)
+    noise = sampling_noise(6, 8, torch.Generator().manual_seed(0))
+    together = generate(model, prompts, noise=noise, **common)
+    for i in range(3):   # prompt i alone, with its rows' noise: what a rank holding only that group would sample
+        alone = generate(model, [prompts[i]], noise=noise[2 * i:2 * i + 2], **common)
+        width = alone.completion_ids.shape[1]
+        assert torch.equal(together.completion_ids[2 * i:2 * i + 2, :width], alone.completion_ids)
