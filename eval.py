@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.episodes:
             return evaluate_episodes(args, names, precision)
         samples = load_turn_samples(resolve_data(args.data))[0][:args.limit]
-        rows, successes = {}, {}
+        rows, successes, intervals = {}, {}, {}
         for name, model_name in zip(names, args.model):
             thinking = args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
             model, tokenizer = load(model_name, device=args.device)
@@ -236,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
             results = evaluate_turns(model, tokenizer, samples, thinking, precision=precision, progress=True,
                                      **settings)
             successes[name] = [[float(r.success) for r in results]]
-            rows[name] = {**aggregate(results), "turn_success_ci": mean_ci(successes[name])[1:], "thinking": thinking,
+            intervals[name] = mean_ci(successes[name])
+            rows[name] = {**aggregate(results), "turn_success_ci": intervals[name][1:], "thinking": thinking,
                           "seconds": round(time.perf_counter() - t0, 1)}
         print(format_table(rows))
         print(f"\nturn success, 95% interval (bootstrap over the {len(samples)} held-out turns)"
               + (f"; difference to {args.baseline}, paired over the same turns:" if args.baseline else ":"))
         for name in names:
-            line = f"  {name:<14} {show(*mean_ci(successes[name]))}"
+            line = f"  {name:<14} {show(*intervals[name])}"
             if args.baseline and name != args.baseline:
                 diff = difference_ci(successes[name], successes[args.baseline])
                 rows[name][f"turn_success_minus_{args.baseline}"] = list(diff)

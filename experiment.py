@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 from cli import BadInput, run_cli
-from data import load_turn_samples, resolve_data
+from data import load_turn_samples, resolve_data, write_json_atomic
 from episodes import load_tasks, run_episodes, score, task_successes
 from eval import aggregate, episode_agent, evaluate_turns, scale_settings, thinking_model
 from model import load, resolve_precision
@@ -68,13 +67,6 @@ def grid_configs(grid: list[str]) -> list[tuple[str, list[str]]]:
             for combo in itertools.product(*axes)]
 
 
-def write_json(path: Path, value) -> None:
-    """Write whole or not at all (a kill mid-write leaves the old file or none)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value) + "\n")
-    os.replace(tmp, path)
-
-
 def train(run_dir: Path, args, flags: list[str], seed: int) -> None:
     """python grpo.py into run_dir (or --resume it); nothing when its final model is there."""
     if (run_dir / "model.safetensors").exists():
@@ -108,7 +100,7 @@ def evaluate_run(model_dir: str, result_path: Path, samples, tasks, args) -> dic
         result["metrics"].update({f"episode_{k}": v for k, v in score(episodes, args.trials, args.seed).items()
                                   if isinstance(v, float)})
         result["episode"] = [s / args.trials for s in task_successes(episodes, args.seed).values()]
-    write_json(result_path, result)
+    write_json_atomic(result_path, result)   # whole or not at all: a kill leaves no half-written result
     return result
 
 
@@ -191,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         text, rows = table(results, names[0], metrics)
         command = "python experiment.py " + shlex.join(argv)
         (out / "table.md").write_text(f"{command}\n\n{text}\n")
-        write_json(out / "table.json", {"command": command, "rows": rows})
+        write_json_atomic(out / "table.json", {"command": command, "rows": rows})
         print(text)
     return run_cli(body)
 

@@ -170,8 +170,9 @@ def micro_batches(gen: Generation, rows: torch.Tensor, advantages: torch.Tensor,
     order = sorted(rows.tolist(), key=lambda r: (prompt_len[r], completion_len[r]))
     batches = []
     for k in range(0, len(order), size):
-        idx = torch.tensor(order[k:k + size])
-        p, w = max(prompt_len[r] for r in idx.tolist()), max(completion_len[r] for r in idx.tolist())
+        chunk = order[k:k + size]
+        idx = torch.tensor(chunk)
+        p, w = max(prompt_len[r] for r in chunk), max(completion_len[r] for r in chunk)
         batches.append(MicroBatch(
             torch.cat([gen.prompt_ids[idx, -p:], gen.completion_ids[idx, :w]], 1).to(device),
             torch.cat([gen.prompt_mask[idx, -p:], gen.completion_mask[idx, :w]], 1).to(device),
@@ -209,14 +210,14 @@ def decision_confusion(scored: list[dict]) -> dict[str, float]:
 
 
 def separated_by(scored: list[dict], group_size: int) -> dict[str, float]:
-    """For each informative group (rewards not all equal), the component whose paper term (rewards.paper_terms)
-    varies most within the group, the one that told its completions apart; the fraction of informative groups
-    each component separated (an empty dict when no group was informative)."""
+    """For each informative group (`informative`), the component whose paper term (rewards.paper_terms) varies
+    most within the group, the one that told its completions apart; the fraction of informative groups each
+    component separated (an empty dict when no group was informative)."""
     counts: dict[str, int] = {}
-    for k in range(0, len(scored), group_size):
-        group = scored[k:k + group_size]
-        if max(r["total"] for r in group) - min(r["total"] for r in group) <= 1e-8:
+    for k, useful in zip(range(0, len(scored), group_size), informative(group_totals(scored, group_size)).tolist()):
+        if not useful:
             continue
+        group = scored[k:k + group_size]
         spread = {c: torch.tensor([r["terms"][c] for r in group]).var(unbiased=False).item() for c in COMPONENTS}
         top = max(spread, key=spread.get)
         counts[top] = counts.get(top, 0) + 1
@@ -229,11 +230,12 @@ def rollout_groups(samples: list[TurnSample], scored: list[dict], advantages: to
     """The step's groups as rollouts.jsonl records (one line each; `python rollouts.py` shows them)."""
     groups = []
     shown = ("text", "total", *COMPONENTS, "truncated", "reasoning", "tool_calls", "answer_text", "errors")
+    useful = informative(group_totals(scored, group_size)).tolist()
     for i, sample in enumerate(samples):
         rows = range(i * group_size, (i + 1) * group_size)
         completions = [{"advantage": round(float(advantages[r]), 4), **{k: scored[r][k] for k in shown}} for r in rows]
         groups.append({"conversation_id": sample.conversation_id, "turn": len(sample.messages),
-                       "kind": action_kind(sample.target),
+                       "kind": action_kind(sample.target), "informative": useful[i],
                        "reference": {"reasoning": sample.target.reasoning, "tool_calls": sample.target.tool_calls,
                                      "answer": sample.target.content if not sample.target.is_tool_call else ""},
                        "completions": completions})
@@ -341,11 +343,11 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
         draw = args.prompts_per_step * (args.refill_cap if args.refill else 1)
         chosen = batch_rng.sample(range(len(samples)), min(draw, len(samples) // args.prompts_per_step *
                                                            args.prompts_per_step))   # whole draws of B
+        log_groups = bool(args.log_rollouts) and step % args.log_rollouts == 0
         record = grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, [samples[i] for i in chosen],
-                           [prompts[i] for i in chosen], generator, args, thinking, weights)
-        groups = record.pop("groups")
-        if args.log_rollouts and step % args.log_rollouts == 0:
-            run.write_rollouts(step + 1, groups)
+                           [prompts[i] for i in chosen], generator, args, thinking, weights, log_groups)
+        if log_groups:
+            run.write_rollouts(step + 1, record.pop("groups"))
         if run.end_step(step + 1, record):
             break
     return run.finish()
@@ -375,12 +377,13 @@ def informative(totals: torch.Tensor) -> torch.Tensor:
 
 
 def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, samples: list[TurnSample],
-              prompts: list[list[int]], generator: torch.Generator, args, thinking: bool, weights: RewardWeights
-              ) -> dict:
+              prompts: list[list[int]], generator: torch.Generator, args, thinking: bool, weights: RewardWeights,
+              log_groups: bool = False) -> dict:
     """One GRPO step: rollout, rewards, advantages, reference log-probs, policy update(s). samples / prompts are
     the step's draw: B of them, or with --refill up to refill_cap x B, taken B at a time until B groups are
     informative (DAPO's dynamic sampling). Under torchrun each rank takes its share of every B (whole groups) and
-    the normalisers and the gradient are summed over the ranks (parallel.py)."""
+    the normalisers and the gradient are summed over the ranks (parallel.py). log_groups adds the step's groups, as
+    the rollout log records them, under "groups"."""
     B, G, T = args.prompts_per_step, args.group_size, args.temperature or 1.0
     device = next(model.parameters()).device
     t0 = time.perf_counter()
@@ -445,7 +448,7 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
 
     everyone = parallel.gather(scored)   # the step's completions over all ranks, in the draw's order
     all_totals = group_totals(everyone, G)
-    return {
+    record = {
         "reward": {"total": float(all_totals.mean()), "std": float(all_totals.std(unbiased=False)),
                    **{k: mean_of(everyone, k) for k in COMPONENTS}},
         "zero_variance_groups": 1.0 - float(informative(all_totals).float().mean()),
@@ -459,8 +462,10 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
         "seconds": {"rollout": t_rollout - t0, "reference": t_ref - t_rollout, "update": t_update - t_ref,
                     "total": t_update - t0},
         "tokens_per_s": parallel.all_sum(float(gen.prompt_mask.sum() + gen.completion_mask.sum())) / (t_update - t0),
-        "groups": parallel.gather(rollout_groups(mine, scored, all_advantages, G)),
     }
+    if log_groups:   # every rank takes this branch alike (a collective inside)
+        record["groups"] = parallel.gather(rollout_groups(mine, scored, all_advantages, G))
+    return record
 
 
 def group_totals(scored: list[dict], group_size: int) -> torch.Tensor:

@@ -56,15 +56,10 @@ def show_completion(c: dict) -> str:
     return show_action(c["tool_calls"], c["answer_text"])
 
 
-def spread(group: dict) -> float:
-    totals = [c["total"] for c in group["completions"]]
-    return max(totals) - min(totals)
-
-
 def group_header(group: dict) -> str:
     totals = [c["total"] for c in group["completions"]]
     mean = sum(totals) / len(totals)
-    state = "informative" if spread(group) > 1e-8 else "zero variance"
+    state = "informative" if group["informative"] else "zero variance"
     ref = group["reference"]
     return (f"step {group['step']} · {group['conversation_id']} turn {group['turn']} · {group['kind']} · "
             f"reward mean {mean:.3f}, {state}\n  reference: {show_action(ref['tool_calls'], ref['answer'])}")
@@ -112,9 +107,9 @@ def select(groups: list[dict], step: int | None, informative: bool, zero_varianc
         raise BadInput(f"step {step} was not logged; logged steps: {', '.join(map(str, steps))}")
     chosen = [g for g in groups if g["step"] == step]
     if informative:
-        chosen = [g for g in chosen if spread(g) > 1e-8]
+        chosen = [g for g in chosen if g["informative"]]
     if zero_variance:
-        chosen = [g for g in chosen if spread(g) <= 1e-8]
+        chosen = [g for g in chosen if not g["informative"]]
     if kind:
         chosen = [g for g in chosen if kind in g["kind"]]
     return chosen

@@ -83,8 +83,9 @@ def generate(model, prompts: list[list[int]], *, eos_ids: list[int], pad_id: int
     if temperature > 0 and (noise is None or tuple(noise.shape) != (len(prompts) * group_size, max_new_tokens)):
         raise ValueError("sampling (temperature > 0) needs noise of shape [prompts x group_size, max_new_tokens]")
     per_chunk = max(1, (rollout_batch or len(prompts) * group_size) // group_size)
+    rows = per_chunk * group_size
     parts = [generate_groups(model, prompts[k:k + per_chunk], eos_ids, pad_id, group_size, max_new_tokens,
-                             temperature, top_p, None if noise is None else noise[k * group_size:(k + per_chunk) * group_size])
+                             temperature, top_p, None if noise is None else noise[k * group_size:k * group_size + rows])
              for k in range(0, len(prompts), per_chunk)]
     return concatenate(parts, pad_id)
 
