@@ -279,7 +279,10 @@ def convert_next_action_test(record, where: str) -> TurnSample:
         raise DataError(f"{where}: expected: must be one agent action: a gpt text, function_call entries, or both")
     conv = convert_record({"conversations": record["context"] + record["expected"], "tools": record.get("tools", "[]"),
                            "system": record.get("system", "")}, where, str(cid))
-    return conv.turn_samples()[-1]
+    samples = conv.turn_samples()
+    if not samples:   # an action is a turn sample only after the first user message (Conversation.turn_samples)
+        raise DataError(f"{where}: context: no user message before the expected action")
+    return samples[-1]
 
 
 def load_conversations(path: str | Path, skip_bad: bool = False) -> tuple[list[Conversation], list[str]]:
@@ -361,16 +364,23 @@ def to_entries(messages: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
+def write_text_atomic(path: Path, text: str) -> None:
+    """Whole or not at all: a kill while writing leaves the old file (or none), never half of the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+def write_records(path: Path, records: list) -> None:
+    """Records in the format read_records reads back from this name: JSONL for .jsonl, a JSON list otherwise."""
+    if path.suffix == ".jsonl":
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+    else:
+        write_json_atomic(path, records)
 
 
 DEMO_FILES = {"train": "retail_train.json", "test": "retail_test.json", "cold_start": "retail_cold_start.json"}
@@ -384,9 +394,9 @@ def write_demo(out: str | Path, seed: int = 0) -> dict[str, Path]:
     paths = {}
     for split, records in retail_splits(seed).items():
         paths[split] = out / DEMO_FILES[split]
-        write_json_atomic(paths[split], records)
+        write_records(paths[split], records)
     paths["test_next_action"] = out / NEXT_ACTION_FILE
-    write_jsonl_atomic(paths["test_next_action"], next_action_tests(load_conversations(paths["test"])[0]))
+    write_records(paths["test_next_action"], next_action_tests(load_conversations(paths["test"])[0]))
     return paths
 
 
@@ -418,8 +428,8 @@ def split_records(path: str, out: str | Path, n_test: int, seed: int) -> dict[st
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"train": out / "train.json", "test": out / "test.json"}
-    write_json_atomic(paths["train"], [r for i, r in enumerate(records) if i not in held_out])
-    write_json_atomic(paths["test"], [r for i, r in enumerate(records) if i in held_out])
+    write_records(paths["train"], [r for i, r in enumerate(records) if i not in held_out])
+    write_records(paths["test"], [r for i, r in enumerate(records) if i in held_out])
     return paths
 
 
@@ -504,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("cold-start", help="build the cold-start set (< 100 turns with reasoning) from the think "
                        "calls of an APIGen-MT-5k file: use the train part of a split")
     p.add_argument("path")
-    p.add_argument("--out", required=True, help="the set, as next-action tests (JSONL)")
+    p.add_argument("--out", required=True, help="the set, as next-action tests (JSONL for a .jsonl name, else a JSON "
+                   "list)")
     p.add_argument("--turns", type=int, default=96, help="examples, fewer than 100")
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("demo", help="write the retail demo splits (deterministic)")
@@ -519,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             tests, counts = build_cold_start(args.path, args.turns, args.seed)
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
-            write_jsonl_atomic(out, tests)
+            write_records(out, tests)
             print(f"{out}: {len(tests)} turns with reasoning from {len({t['conversation_id'] for t in tests})} "
                   f"conversations")
             for kind, n in sorted(counts.items()):

@@ -278,10 +278,10 @@ class Episode:
             self.tool_errors += 1
             return {"error": f"unknown tool {c['name']}"}
         args = c["arguments"]
-        missing = [p for p in tool.params if p not in args]
-        if missing:
+        refused = tool.invalid(args)   # model output: no value of any JSON type may reach the tool's code unchecked
+        if refused:
             self.tool_errors += 1
-            return {"error": f"missing arguments: {', '.join(missing)}"}
+            return {"error": refused}
         if c["name"] in POLICY_WRITES:   # a careless backend: the write happens, the policy is broken
             needed, new_status = POLICY_WRITES[c["name"]]
             o = self.db["orders"].get(args.get("order_id"))
@@ -301,9 +301,10 @@ class Episode:
         self.messages.append({"role": "user", "content": text})
         self.events.append(("user", text))
 
-    def step(self, completion: str, turn_limit: int) -> None:
-        """Take the agent's completion: tool calls run and their outputs are appended; an answer goes to the user."""
-        parsed = parse_completion(completion)
+    def step(self, completion: str, turn_limit: int, special_tokens: frozenset[str] = frozenset()) -> None:
+        """Take the agent's completion: tool calls run and their outputs are appended; an answer goes to the user.
+        special_tokens: the agent's tokenizer's control tokens, a format error inside a completion."""
+        parsed = parse_completion(completion, special_tokens)
         self.agent_turns += 1
         self.format_errors += bool(parsed.errors)
         if parsed.reasoning:
@@ -329,8 +330,10 @@ Agent = Callable[[list[Episode]], list[str]]   # the active episodes -> one comp
 
 
 def run_episodes(agent: Agent, tasks: list[Task], trials: int, turn_limit: int, seed: int = 0,
-                 progress: Callable[[int], None] | None = None) -> list[Episode]:
-    """trials episodes of each task, stepped together: each round, every active episode gets one agent action."""
+                 progress: Callable[[int], None] | None = None, special_tokens: frozenset[str] = frozenset()
+                 ) -> list[Episode]:
+    """trials episodes of each task, stepped together: each round, every active episode gets one agent action
+    (special_tokens: those of the agent's tokenizer, see Episode.step)."""
     db, _, _ = retail_world(random.Random(seed))
     episodes = []
     for task in tasks:
@@ -340,7 +343,7 @@ def run_episodes(agent: Agent, tasks: list[Task], trials: int, turn_limit: int, 
             episodes.append(e)
     while active := [e for e in episodes if not e.done]:
         for e, completion in zip(active, agent(active)):
-            e.step(completion, turn_limit)
+            e.step(completion, turn_limit, special_tokens)
         if progress:
             progress(sum(e.done for e in episodes))
     return episodes

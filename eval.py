@@ -15,7 +15,9 @@ Each held-out turn is decoded greedily from its context and compared with the re
                         answer F1 >= 0.5 (answer turns)
     conversation succ.  every turn of the conversation succeeds (ALMITA's conversation-level correctness)
     reasoning length    mean words inside the think block
-    reward              mean composite reward (rewards.py, default weights) of the greedy completions
+    reward              mean composite reward of the greedy completions under the reward the model's run trained
+                        on (its args.json: design, weights, think budget; rewards.RewardWeights.of_run), or the
+                        default composite at the model's scale for a model no GRPO run wrote
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from tqdm import tqdm
 from cli import run_cli
 from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from episodes import load_tasks, run_episodes, score, transcript
-from model import PRECISIONS, autocast, eos_ids, is_tiny, load, resolve_precision, trained_as
-from rewards import action_correct, composite_reward, r_decision, r_format
+from model import PRECISIONS, autocast, eos_ids, is_tiny, load, resolve_precision, special_tokens, trained_as
+from rewards import RewardWeights, action_correct, composite_reward, r_decision, r_format
 from sampling import generate, sampling_noise
 from stats import difference_ci, mean_ci, show
 from toolcalls import Parsed, argument_f1, calls_match, names_match, parse_completion, token_f1
@@ -66,8 +68,11 @@ def turn_success(parsed: Parsed, truncated: bool, ref: Action) -> bool:
     return parsed.well_formed and not truncated and action_correct(parsed, ref)
 
 
-def score_turn(sample: TurnSample, text: str, truncated: bool, thinking: bool) -> TurnResult:
-    parsed, ref = parse_completion(text), sample.target
+def score_turn(sample: TurnSample, text: str, truncated: bool, thinking: bool, weights: RewardWeights = RewardWeights(),
+               special: frozenset[str] = frozenset()) -> TurnResult:
+    """One held-out turn's metrics; `reward` is the composite of `weights` (the run's own: RewardWeights.of_run) and
+    special are the tokenizer's control tokens (a format error inside a completion: toolcalls.parse_completion)."""
+    parsed, ref = parse_completion(text, special), sample.target
     return TurnResult(
         conversation_id=sample.conversation_id,
         format_ok=bool(r_format(parsed, truncated, thinking)),   # the metrics use the reward's own definitions
@@ -79,7 +84,7 @@ def score_turn(sample: TurnSample, text: str, truncated: bool, thinking: bool) -
         answer_f1=token_f1(parsed.answer, ref.content) if not ref.is_tool_call else 0.0,
         success=turn_success(parsed, truncated, ref),
         reasoning_words=parsed.reasoning_words,
-        reward=composite_reward(parsed, truncated, ref, thinking).total)
+        reward=composite_reward(parsed, truncated, ref, thinking, weights).total)
 
 
 def mean(values: list[float]) -> float:
@@ -127,19 +132,21 @@ def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, 
             gen = generate(model, [prompts[i] for i in idx], eos_ids=eos_ids(model, tokenizer),
                            pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, temperature=temperature,
                            noise=noise)
-        for i, ids, truncated in zip(idx, gen.completion_lists(), gen.truncated.tolist()):
-            outputs[i] = (tokenizer.decode(ids, skip_special_tokens=True), truncated)
+        for i, text, truncated in zip(idx, gen.completion_texts(tokenizer), gen.truncated.tolist()):
+            outputs[i] = (text, truncated)
     return outputs
 
 
 def evaluate_turns(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_size: int = 64,
-                   max_new_tokens: int = 128, precision: str = "fp32", progress: bool = False) -> list[TurnResult]:
-    """Each held-out turn's result (greedy decoding)."""
+                   max_new_tokens: int = 128, precision: str = "fp32", progress: bool = False,
+                   weights: RewardWeights = RewardWeights()) -> list[TurnResult]:
+    """Each held-out turn's result (greedy decoding), its reward that of `weights`."""
     was_training = model.training
     model.eval()
     outputs = generate_texts(model, tokenizer, samples, thinking, batch_size, max_new_tokens, precision, progress)
     model.train(was_training)
-    return [score_turn(s, text, trunc, thinking) for s, (text, trunc) in zip(samples, outputs)]
+    special = special_tokens(tokenizer)
+    return [score_turn(s, text, trunc, thinking, weights, special) for s, (text, trunc) in zip(samples, outputs)]
 
 
 def evaluate(model, tokenizer, samples: list[TurnSample], thinking: bool, **settings) -> dict[str, float]:
@@ -162,7 +169,9 @@ def held_out_evaluator(args, tokenizer, thinking: bool) -> Callable | None:
         return None
     samples = load_turn_samples(resolve_data(args.eval_data))[0][:args.eval_limit]
     settings = scale_settings(args.model)
-    return lambda model: evaluate(model, tokenizer, samples, thinking, precision=args.precision, **settings)
+    weights = RewardWeights.of_run(vars(args), real_model=not is_tiny(args.model))   # the reward the run trains on
+    return lambda model: evaluate(model, tokenizer, samples, thinking, precision=args.precision, weights=weights,
+                                  **settings)
 
 
 def episode_agent(model, tokenizer, thinking: bool, settings: dict, precision: str, temperature: float,
@@ -233,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             model, tokenizer = load(model_name, device=args.device)
             t0 = time.perf_counter()
             settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
+            weights = RewardWeights.of_run(trained_as(model_name), real_model=not is_tiny(model_name))
             results = evaluate_turns(model, tokenizer, samples, thinking, precision=precision, progress=True,
-                                     **settings)
+                                     weights=weights, **settings)
             successes[name] = [[float(r.success) for r in results]]
             intervals[name] = mean_ci(successes[name])
             rows[name] = {**aggregate(results), "turn_success_ci": intervals[name][1:], "thinking": thinking,
@@ -267,7 +277,8 @@ def evaluate_episodes(args, names: list[str], precision: str) -> None:
         t0 = time.perf_counter()
         with tqdm(total=len(tasks) * args.trials, desc=f"episodes {name}", dynamic_ncols=True) as bar:
             episodes = run_episodes(agent, tasks, args.trials, args.turn_limit, args.seed,
-                                    progress=lambda done: bar.update(done - bar.n))
+                                    progress=lambda done: bar.update(done - bar.n),
+                                    special_tokens=special_tokens(tokenizer))
         rows[name] = {**score(episodes, args.trials, args.seed), "thinking": thinking,
                       "seconds": round(time.perf_counter() - t0, 1)}
         for e in episodes[::args.trials][:args.show]:

@@ -33,8 +33,8 @@ from cli import BadInput, run_cli
 from data import load_turn_samples, resolve_data, write_json_atomic
 from episodes import load_tasks, run_episodes, score, task_successes
 from eval import aggregate, episode_agent, evaluate_turns, scale_settings, thinking_model
-from model import load, resolve_precision
-from rewards import DESIGNS
+from model import is_tiny, load, resolve_precision, special_tokens, trained_as
+from rewards import DESIGNS, RewardWeights
 from stats import difference_ci, mean_ci, show
 
 HERE = Path(__file__).resolve().parent
@@ -90,13 +90,15 @@ def evaluate_run(model_dir: str, result_path: Path, samples, tasks, args) -> dic
     thinking = thinking_model(model_dir)
     settings = scale_settings(model_dir)
     precision = resolve_precision(args.precision, args.device)
-    turns = evaluate_turns(model, tokenizer, samples, thinking, precision=precision, progress=True, **settings)
+    weights = RewardWeights.of_run(trained_as(model_dir), real_model=not is_tiny(model_dir))   # its own reward
+    turns = evaluate_turns(model, tokenizer, samples, thinking, precision=precision, progress=True, weights=weights,
+                           **settings)
     result = {"metrics": aggregate(turns), "turn_success": [float(t.success) for t in turns],
               "reward": [t.reward for t in turns]}
     if tasks:
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
         agent = episode_agent(model, tokenizer, thinking, settings, precision, 1.0, generator)
-        episodes = run_episodes(agent, tasks, args.trials, 12, args.seed)
+        episodes = run_episodes(agent, tasks, args.trials, 12, args.seed, special_tokens=special_tokens(tokenizer))
         result["metrics"].update({f"episode_{k}": v for k, v in score(episodes, args.trials, args.seed).items()
                                   if isinstance(v, float)})
         result["episode"] = [s / args.trials for s in task_successes(episodes, args.seed).values()]

@@ -35,8 +35,8 @@ from cli import run_cli
 from data import DataError, TurnSample, action_kind, load_turn_samples, prompt_ids, resolve_data
 from eval import held_out_evaluator
 from lora import disable_adapters
-from model import autocast, eos_ids
-from rewards import COMPONENTS, DESIGNS, RewardWeights, composite_reward, paper_terms
+from model import autocast, eos_ids, is_tiny, special_tokens, without_dropout
+from rewards import COMPONENTS, DESIGNS, THINK_BUDGETS, RewardWeights, composite_reward, paper_terms
 from runs import Run, add_run_arguments, load_for_training, optimizer_step, resolve_defaults, resume_args, warmup_cosine
 from sampling import Generation, concatenate, generate, positions, sampling_noise
 from toolcalls import parse_completion
@@ -49,7 +49,7 @@ LR_DEFAULTS = {"tiny": 1e-4, "lora": 1e-5, "full": 1e-6}
 # truncate nearly every sample, every group would score alike and nothing would be learned); APIGen-MT prompts
 # (policy + tool schemas + history) reach 4k tokens; rollouts in chunks of 32 rows bound the KV cache
 # (README: one GPU); 4 sequences per update micro-batch bound the activations and the completion logits.
-SCALE_DEFAULTS = {"lora_rank": (0, 16), "max_new_tokens": (96, 1024), "think_budget": (RewardWeights.think_budget, 256),
+SCALE_DEFAULTS = {"lora_rank": (0, 16), "max_new_tokens": (96, 1024), "think_budget": THINK_BUDGETS,
                   "max_prompt_len": (1024, 4096), "rollout_batch": (128, 32), "micro_batch": (32, 4)}
 KL_LOG_RATIO_CLAMP, KL_CLAMP = 20.0, 10.0   # verl's bounds on k3: a far-off reference cannot overflow exp
 
@@ -69,7 +69,16 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale_std: bool =
     centered = rewards - rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True, unbiased=False)
     advantages = centered / (std + eps) if scale_std else centered
-    return torch.where(std > 1e-8, advantages, torch.zeros_like(advantages))
+    return torch.where(informative(rewards)[:, None], advantages, torch.zeros_like(advantages))
+
+
+def informative(rewards: torch.Tensor) -> torch.Tensor:
+    """[groups] bool: the group's rewards are not all equal (A != 0 somewhere: it teaches something).
+
+    Tested as equality, not as std > threshold: torch's float32 std of G equal values is often 1 ulp (up to 1.2e-7
+    for rewards in [0, 1]), so a threshold below float32 rounding calls equal rewards informative and steps on noise.
+    """
+    return (rewards != rewards[:, :1]).any(dim=1)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -187,10 +196,10 @@ def score_rollout(tokenizer, gen: Generation, samples: list[TurnSample], group_s
                   weights: RewardWeights) -> list[dict]:
     """Every completion parsed and scored (sample i's group is rows i*G .. i*G + G - 1): its reward components and
     total, and what the rollout log shows of it."""
-    scored = []
-    for row, (ids, truncated) in enumerate(zip(gen.completion_lists(), gen.truncated.tolist())):
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        parsed, ref = parse_completion(text), samples[row // group_size].target
+    scored, special = [], special_tokens(tokenizer)
+    for row, (ids, text, truncated) in enumerate(zip(gen.completion_lists(), gen.completion_texts(tokenizer),
+                                                     gen.truncated.tolist())):
+        parsed, ref = parse_completion(text, special), samples[row // group_size].target
         reward = composite_reward(parsed, truncated, ref, thinking, weights)
         scored.append({"text": text, **reward.as_dict(), "terms": paper_terms(reward, weights), "truncated": truncated,
                        "tokens": len(ids),
@@ -225,9 +234,10 @@ def separated_by(scored: list[dict], group_size: int) -> dict[str, float]:
     return {c: counts[c] / n for c in COMPONENTS if c in counts}
 
 
-def rollout_groups(samples: list[TurnSample], scored: list[dict], advantages: torch.Tensor, group_size: int
-                   ) -> list[dict]:
-    """The step's groups as rollouts.jsonl records (one line each; `python rollouts.py` shows them)."""
+def rollout_groups(samples: list[TurnSample], scored: list[dict], advantages: torch.Tensor, trained: torch.Tensor,
+                   group_size: int) -> list[dict]:
+    """The step's groups as rollouts.jsonl records (one line each; `python rollouts.py` shows them); `trained` marks
+    the groups whose rows went into the update (draw_groups)."""
     groups = []
     shown = ("text", "total", *COMPONENTS, "truncated", "reasoning", "tool_calls", "answer_text", "errors")
     useful = informative(group_totals(scored, group_size)).tolist()
@@ -235,7 +245,7 @@ def rollout_groups(samples: list[TurnSample], scored: list[dict], advantages: to
         rows = range(i * group_size, (i + 1) * group_size)
         completions = [{"advantage": round(float(advantages[r]), 4), **{k: scored[r][k] for k in shown}} for r in rows]
         groups.append({"conversation_id": sample.conversation_id, "turn": len(sample.messages),
-                       "kind": action_kind(sample.target), "informative": useful[i],
+                       "kind": action_kind(sample.target), "informative": useful[i], "trained": bool(trained[i]),
                        "reference": {"reasoning": sample.target.reasoning, "tool_calls": sample.target.tool_calls,
                                      "answer": sample.target.content if not sample.target.is_tool_call else ""},
                        "completions": completions})
@@ -262,6 +272,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GRPO with a composite reward for tool-calling agents.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -276,8 +300,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(SCALE_DEFAULTS: 1024 tiny, 4096 real)")
     p.add_argument("--rollout-batch", type=int, default=None, help="rows (completions) generated at once: bounds the "
                    "KV cache whatever B x G is (SCALE_DEFAULTS: 128 tiny, 32 real)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (> 0: the log-probs "
+                   "of the loss are those of logits / T)")
+    p.add_argument("--top-p", type=unit_interval, default=1.0, help="nucleus sampling mass, in (0, 1]")
     p.add_argument("--thinking", choices=["on", "off"], default="on", help="think-then-act prompts (the method)")
     # objective
     p.add_argument("--beta", type=float, default=0.04, help="KL penalty weight (0 disables the reference pass)")
@@ -315,6 +340,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.refill and args.keep_zero_variance:
         p.error("--refill trains on informative groups only; it cannot --keep-zero-variance")
+    if args.lora_dropout:
+        p.error("--lora-dropout must be 0 in GRPO: the ratio and the KL compare the policy with itself, and dropout "
+                "would make them differ on an unchanged policy (every dropout is off in GRPO's passes)")
     ranks = int(os.environ.get("WORLD_SIZE", "1"))   # torchrun's: each rank takes whole groups (parallel.py)
     if args.prompts_per_step % ranks:
         p.error(f"--prompts-per-step {args.prompts_per_step} does not split over {ranks} processes")
@@ -325,12 +353,12 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
     """Train and save (see runs.Run); stop_after=k simulates a kill after step k."""
     run = Run(args, "grpo", progress=("reward.total", "kl"), stop_after=stop_after)
     model, tokenizer = load_for_training(args)
+    without_dropout(model)   # one policy: the one that sampled, its old self and its reference compute alike
     frozen_ref = None   # under LoRA the reference is the same model with its adapters disabled
     if not args.lora_rank and args.beta > 0:   # a copy in the policy's own dtype: KL is exactly 0 before any update
         frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
     thinking = args.thinking == "on"
-    weights = RewardWeights(args.w_format, args.w_decision, args.w_tool, args.w_answer, args.w_efficiency,
-                            args.think_budget, args.reward)
+    weights = RewardWeights.of_run(vars(args), real_model=not is_tiny(args.model))
     samples, prompts = load_prompts(args, tokenizer, thinking)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -371,9 +399,47 @@ def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]
     return gen, score_rollout(tokenizer, gen, samples, G, thinking, weights), samples
 
 
-def informative(totals: torch.Tensor) -> torch.Tensor:
-    """[groups] bool: the group's rewards are not all equal (A != 0 somewhere: it teaches something)."""
-    return totals.std(dim=1, unbiased=False) > 1e-8
+def draw_groups(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], generator: torch.Generator,
+                args, thinking: bool, weights: RewardWeights
+                ) -> tuple[Generation, list[dict], list[TurnSample], torch.Tensor]:
+    """The step's groups on this rank, scored, and which of them the update trains on ([groups] bool).
+
+    Without --refill: the first B prompts of the draw; the informative groups are trained on (all of them under
+    --keep-zero-variance). With --refill (DAPO's dynamic sampling): B more prompts at a time until the *global*
+    batch holds B informative groups or the draw is spent, and the first B informative groups in the draw's order
+    are trained on: the decision and the choice are those of one process, whatever the number of ranks."""
+    B, G = args.prompts_per_step, args.group_size
+    gen, scored, mine = rollout(model, tokenizer, samples, prompts, 0, generator, args, thinking, weights)
+    drawn = B
+    while (args.refill and drawn < len(samples)
+           and parallel.all_sum(int(informative(group_totals(scored, G)).sum())) < B):
+        more_gen, more_scored, more = rollout(model, tokenizer, samples, prompts, drawn, generator, args, thinking,
+                                              weights)
+        gen, scored, mine = concatenate([gen, more_gen], tokenizer.pad_token_id), scored + more_scored, mine + more
+        drawn += B
+    useful = informative(group_totals(scored, G))
+    if args.refill:
+        return gen, scored, mine, first_in_draw_order(useful, B)
+    return gen, scored, mine, torch.ones_like(useful) if args.keep_zero_variance else useful
+
+
+def in_draw_order(items: list, B: int) -> list:
+    """Every rank's per-group items, gathered in the global draw's order. rollout shares each draw of B prompts out
+    in rank order (parallel.share), so the global order runs draw by draw, and within a draw rank by rank."""
+    share, n = B // parallel.world(), len(items)   # every rank holds n groups: the same draws
+    everyone = parallel.gather(items)
+    by_rank = [everyone[r * n:(r + 1) * n] for r in range(parallel.world())]
+    return [x for d in range(0, n, share) for part in by_rank for x in part[d:d + share]]
+
+
+def first_in_draw_order(useful: torch.Tensor, B: int) -> torch.Tensor:
+    """This rank's share of the first B True groups of the global draw (see in_draw_order): local group d x share + j
+    is global group d x B + rank x share + j."""
+    share = B // parallel.world()
+    flags = torch.tensor(in_draw_order(useful.tolist(), B), dtype=torch.bool)
+    first = flags & (flags.cumsum(0) <= B)
+    local = torch.arange(len(useful))
+    return first[local // share * B + parallel.rank() * share + local % share]
 
 
 def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, samples: list[TurnSample],
@@ -384,30 +450,19 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
     informative (DAPO's dynamic sampling). Under torchrun each rank takes its share of every B (whole groups) and
     the normalisers and the gradient are summed over the ranks (parallel.py). log_groups adds the step's groups, as
     the rollout log records them, under "groups"."""
-    B, G, T = args.prompts_per_step, args.group_size, args.temperature or 1.0
+    B, G, T = args.prompts_per_step, args.group_size, args.temperature
     device = next(model.parameters()).device
     t0 = time.perf_counter()
-    gen, scored, mine = rollout(model, tokenizer, samples, prompts, 0, generator, args, thinking, weights)
-    drawn, b_local = B, B // parallel.world()
-    while args.refill and int(informative(group_totals(scored, G)).sum()) < b_local and drawn < len(samples):
-        more_gen, more_scored, more = rollout(model, tokenizer, samples, prompts, drawn, generator, args, thinking,
-                                              weights)
-        gen, scored, mine = concatenate([gen, more_gen], tokenizer.pad_token_id), scored + more_scored, mine + more
-        drawn += B
+    gen, scored, mine, trained = draw_groups(model, tokenizer, samples, prompts, generator, args, thinking, weights)
     totals = group_totals(scored, G)
     all_advantages = group_advantages(totals, scale_std=not args.no_std_scale).view(-1).to(device)
     t_rollout = time.perf_counter()
 
     # The sequences: prompt, then completion (nothing after its EOS is attended or scored), in micro-batches of
-    # similar length (micro_batches). A group whose completions all scored the same has A = 0 and teaches nothing:
-    # as in DAPO's dynamic sampling it is left out of the reference and update passes (--keep-zero-variance keeps
-    # it, for its KL term); the loss normalisers count every row drawn, or under --refill the rows of the first B
-    # informative groups (the batch).
-    informative_groups = informative(totals)
-    if args.refill:
-        informative_groups &= informative_groups.cumsum(0) <= b_local
-    keep = torch.ones_like(informative_groups) if args.keep_zero_variance else informative_groups
-    rows = keep.repeat_interleave(G).nonzero().squeeze(-1)
+    # similar length (micro_batches), of the groups draw_groups keeps: a group whose completions all scored the same
+    # has A = 0 and teaches nothing, and as in DAPO's dynamic sampling it is left out of the reference and update
+    # passes; the loss normalisers count every row drawn, or under --refill the rows of the B groups kept (the batch).
+    rows = trained.repeat_interleave(G).nonzero().squeeze(-1)
     batches = micro_batches(gen, rows, all_advantages, args.micro_batch, device)
     n_tok = int(parallel.all_sum(int(gen.completion_mask[rows].sum())))   # every count is of the global batch
     n_all_seq, n_all_tok = (int(parallel.all_sum(len(rows))), n_tok) if args.refill else \
@@ -446,7 +501,7 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
             break
     t_update = time.perf_counter()
 
-    everyone = parallel.gather(scored)   # the step's completions over all ranks, in the draw's order
+    everyone = parallel.gather(scored)   # the step's completions over all ranks, whole groups
     all_totals = group_totals(everyone, G)
     record = {
         "reward": {"total": float(all_totals.mean()), "std": float(all_totals.std(unbiased=False)),
@@ -464,7 +519,7 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
         "tokens_per_s": parallel.all_sum(float(gen.prompt_mask.sum() + gen.completion_mask.sum())) / (t_update - t0),
     }
     if log_groups:   # every rank takes this branch alike (a collective inside)
-        record["groups"] = parallel.gather(rollout_groups(mine, scored, all_advantages, G))
+        record["groups"] = in_draw_order(rollout_groups(mine, scored, all_advantages, trained, G), B)
     return record
 
 

@@ -23,7 +23,16 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+# Same seed, same machine, same thread count -> the same bits, in any process. On Intel CPUs MKL (torch's CPU BLAS)
+# picks its matmul kernels by the memory alignment of each array, so two processes running the same computation
+# differ in the last bits (8e-7 in an SFT run's weights); strict conditional numerical reproducibility makes its
+# gemm independent of alignment and thread count at no measured cost, and MKL_DYNAMIC=FALSE stops MKL from
+# changing its thread count between calls. MKL reads both at its first call, so setting them here, on import,
+# holds for every entry point; a value the user exported wins. (AMD CPUs and GPUs are unaffected; docs/.)
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+
+import torch  # noqa: E402  (after the MKL settings: they must precede MKL's first call)
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
 from cli import BadInput, run_cli
@@ -105,6 +114,24 @@ def eos_ids(model, tokenizer) -> list[int]:
     config_ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     config_ids = config_ids if isinstance(config_ids, list) else [config_ids]
     return sorted({tokenizer.eos_token_id, *(i for i in config_ids if i is not None)})
+
+
+def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Every dropout of the model off, in train mode too: each nn.Dropout (LoRA's included) and the attention
+    dropout transformers reads from each attention module. GRPO's ratio pi / pi_old and its KL to the reference
+    compare the policy with itself; with dropout they would differ on an unchanged policy (TRL: disable_dropout)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    return model
+
+
+def special_tokens(tokenizer) -> frozenset[str]:
+    """The tokenizer's control tokens (<|im_start|>, <|im_end|>, <|endoftext|>, ...): none belongs inside a completion
+    (toolcalls.parse_completion)."""
+    return frozenset(tokenizer.all_special_tokens)
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:

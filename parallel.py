@@ -13,15 +13,25 @@ Why not DistributedDataParallel: DDP all-reduces inside each backward and needs 
 same number of times, but a GRPO rank whose groups all scored alike has nothing to backpropagate (its rows are left
 out of the update), and ranks hold different numbers of micro-batches. Summing the gradients once, before the
 optimizer step, is exact whatever each rank did. Outside torchrun (WORLD_SIZE unset) every function here is the
-single-process identity. Backend: nccl on GPUs, gloo on the CPU.
+single-process identity.
+
+Backends: on GPUs "cpu:gloo,cuda:nccl" -- nccl for the gradients and weights (CUDA tensors), gloo for the run's
+bookkeeping (counts, stop flags, rollout records: CPU tensors and objects); a bare "nccl" serves CUDA tensors only,
+and the first CPU all-reduce would fail. On the CPU, gloo. While rank 0 evaluates or writes a checkpoint the other
+ranks wait in their next collective: the process group's timeout, COLLECTIVE_TIMEOUT, bounds that wait instead of
+NCCL's 10-minute default, so a long held-out evaluation does not kill the job.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+BACKENDS = {"cuda": "cpu:gloo,cuda:nccl", "cpu": "gloo"}   # device type -> process group backend (see above)
+COLLECTIVE_TIMEOUT = timedelta(hours=2)   # longest wait in a collective: rank 0's evaluation or save included
 
 
 def start() -> torch.device | None:
@@ -29,13 +39,13 @@ def start() -> torch.device | None:
     when not distributed or on the CPU (the caller's --device stands)."""
     if int(os.environ.get("WORLD_SIZE", "1")) < 2 or dist.is_initialized():
         return None
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return torch.device("cuda", local)
-    dist.init_process_group("gloo")
-    return None
+    if not torch.cuda.is_available():
+        dist.init_process_group(BACKENDS["cpu"], timeout=COLLECTIVE_TIMEOUT)
+        return None
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    dist.init_process_group(BACKENDS["cuda"], timeout=COLLECTIVE_TIMEOUT)
+    return torch.device("cuda", local)
 
 
 def stop() -> None:

@@ -35,6 +35,11 @@ DESIGNS = ("paper", "binary", "fine") + tuple(f"no-{c}" for c in COMPONENTS)
 ANSWER_F1_SUCCESS = 0.5  # an answer is right at token F1 >= 0.5: most of its reported values are right
 
 
+# Reasoning words with full efficiency credit, (tiny model, real model): the tiny model's traces are a sentence, a
+# real model's (Qwen3 thinks at length) need room, or every completion of a group would score alike.
+THINK_BUDGETS = (64, 256)
+
+
 @dataclass
 class RewardWeights:
     format: float = 0.1
@@ -42,8 +47,18 @@ class RewardWeights:
     tool: float = 0.6
     answer: float = 0.6
     efficiency: float = 0.1
-    think_budget: int = 64   # reasoning words with full efficiency credit
-    design: str = "paper"    # one of DESIGNS; no-<component> zeroes that component's weight
+    think_budget: int = THINK_BUDGETS[0]   # reasoning words with full efficiency credit
+    design: str = "paper"                  # one of DESIGNS; no-<component> zeroes that component's weight
+
+    @classmethod
+    def of_run(cls, run: dict, real_model: bool) -> "RewardWeights":
+        """The reward a training run optimised, from its arguments (grpo.py's --reward, --w-*, --think-budget, as in
+        its args.json); the defaults for the model's scale where a run set none (an SFT run, or no run at all)."""
+        default = cls(think_budget=THINK_BUDGETS[real_model])
+        given = {"format": run.get("w_format"), "decision": run.get("w_decision"), "tool": run.get("w_tool"),
+                 "answer": run.get("w_answer"), "efficiency": run.get("w_efficiency"),
+                 "think_budget": run.get("think_budget"), "design": run.get("reward")}
+        return cls(**{**asdict(default), **{k: v for k, v in given.items() if v is not None}})
 
     def __post_init__(self):
         if self.think_budget < 1:   # r_efficiency divides by it

@@ -195,15 +195,36 @@ def save_checkpoint(ckpt_dir: str | Path, model, tokenizer, optimizer, scheduler
                                                     "scheduler": scheduler.state_dict()}, indent=1))
 
 
+def load_full_weights(ckpt_dir: Path, model) -> None:
+    """Every weight of a full fine-tuning checkpoint, from model.safetensors or from the shards its index names
+    (save_pretrained shards a large model: model-0000k-of-0000n.safetensors + model.safetensors.index.json). A weight
+    of the model in none of them, or one the model lacks, is an error: left at its initial value it would resume
+    another run. Tied weights (the LM head of tie_word_embeddings) are saved once and tied again."""
+    index = ckpt_dir / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    state = {}
+    for name in files:
+        if not (ckpt_dir / name).exists():
+            raise BadInput(f"{ckpt_dir / name}: missing; the checkpoint is incomplete")
+        state.update(load_file(str(ckpt_dir / name)))
+    result = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ()) if getattr(model.config, "tie_word_embeddings",
+                                                                            False) else set()
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise BadInput(f"{ckpt_dir}: the checkpoint does not match the model: missing {missing[:5]}, unexpected "
+                       f"{result.unexpected_keys[:5]}")
+    if tied:
+        model.tie_weights()
+
+
 def load_checkpoint(ckpt_dir: str | Path, model, optimizer, scheduler) -> dict:
     """Restore what save_checkpoint wrote into an already built model / optimizer / scheduler."""
     ckpt_dir = Path(ckpt_dir)
     if (ckpt_dir / "adapter").is_dir():
         load_adapter(model, ckpt_dir / "adapter")
     else:
-        model.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")), strict=False)
-        if getattr(model.config, "tie_word_embeddings", False):
-            model.tie_weights()
+        load_full_weights(ckpt_dir, model)
     state = json.loads((ckpt_dir / "state.json").read_text())
     tensors = load_file(str(ckpt_dir / "training_state.safetensors"))
     opt_state: dict[int, dict] = {}

@@ -30,6 +30,12 @@ class Generation:
     def completion_lists(self) -> list[list[int]]:
         return [ids[mask.bool()].tolist() for ids, mask in zip(self.completion_ids, self.completion_mask)]
 
+    def completion_texts(self, tokenizer) -> list[str]:
+        """Each completion as the model wrote it: special tokens kept (a parser must see them), only the EOS that
+        ended it dropped (a truncated completion has none)."""
+        return [tokenizer.decode(ids if cut else ids[:-1], skip_special_tokens=False)
+                for ids, cut in zip(self.completion_lists(), self.truncated.tolist())]
+
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
@@ -47,26 +53,37 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def sampling_noise(rows: int, max_new_tokens: int, generator: torch.Generator | None) -> torch.Tensor:
-    """[rows, max_new_tokens] uniforms in [0, 1): row r's draw for each new token (on the generator's device)."""
+    """[rows, max_new_tokens] float64 uniforms in [0, 1): row r's draw for each new token (on the generator's device).
+    float64, not float32: a float32 uniform resolves 6e-8, coarser than most of a 151,936-token vocabulary's tail."""
     device = generator.device if generator is not None else "cpu"
-    return torch.rand(rows, max_new_tokens, generator=generator, device=device)
+    return torch.rand(rows, max_new_tokens, generator=generator, device=device, dtype=torch.float64)
 
 
-def next_token(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None) -> torch.Tensor:
-    """Greedy when temperature == 0; otherwise the token of softmax(logits / T), restricted to the smallest set of
-    tokens whose probability mass reaches top_p (nucleus sampling), that the uniforms u [rows] pick by the
-    inverse CDF: the first token whose cumulative mass exceeds u x total mass."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+def token_cdf(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """[rows, V] float64 cumulative mass C_i = sum_{j <= i} p_j of p = softmax(logits / T), restricted to the nucleus
+    when top_p < 1 (the smallest set of most likely tokens whose mass reaches top_p; the rest get p = 0).
+
+    In float64 the sum over a real vocabulary is exact to V x 2^-53 (1.7e-11 for Qwen3's 151,936 tokens); in
+    float32 it is off by ~1e-3 and every token with p below ~6e-8 of the running sum has an interval of width 0.
+    """
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # mass before this token already >= top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    cdf = probs.cumsum(-1)
-    token = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1])[:, None], right=True).squeeze(-1)
-    return token.clamp(max=probs.shape[-1] - 1)   # u x total rounding onto the last boundary
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return probs.cumsum(-1)
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None) -> torch.Tensor:
+    """Greedy when temperature == 0; otherwise the token that the uniforms u [rows] pick by the inverse CDF
+    (token_cdf): the first token i with C_i > u x C_V, drawn with probability p_i exactly (to float64 rounding)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    cdf = token_cdf(logits, temperature, top_p)
+    token = torch.searchsorted(cdf, u.to(cdf.device, torch.float64)[:, None] * cdf[:, -1:], right=True).squeeze(-1)
+    return token.clamp(max=cdf.shape[-1] - 1)   # u x total rounding onto the last boundary
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -83,12 +84,15 @@ def nesting_depth(value) -> int:
     return depth
 
 
-def parse_completion(text: str) -> Parsed:
-    """Split a completion into reasoning, tool calls and answer text, listing every format problem."""
+def parse_completion(text: str, special_tokens: Collection[str] = ()) -> Parsed:
+    """Split a completion into reasoning, tool calls and answer text, listing every format problem. special_tokens
+    are the tokenizer's control tokens (<|im_start|>, <|endoftext|>, ...): the completion is the model's text up to
+    the EOS that ended it, so any of them inside it is a format error (a policy must not be paid for writing one)."""
     out = Parsed()
     if not isinstance(text, str):
         out.errors.append("completion is not text")
         return out
+    out.errors += [f"special token {t} inside the completion" for t in sorted(special_tokens) if t in text]
     body = text.strip()
     if body.startswith(THINK_OPEN):
         inner, closed, rest = body[len(THINK_OPEN):].partition(THINK_CLOSE)

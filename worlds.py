@@ -50,6 +50,32 @@ class Tool:
         return {"name": self.name, "description": self.description,
                 "parameters": {"type": "object", "properties": self.params, "required": list(self.params)}}
 
+    def invalid(self, args: dict) -> str | None:
+        """What a tool server would refuse in these arguments (a missing or unexpected name, a value not of its
+        schema's JSON type), or None: a call that passes reaches `run` with the types the code expects."""
+        missing = [p for p in self.params if p not in args]
+        if missing:
+            return f"missing arguments: {', '.join(missing)}"
+        unexpected = [k for k in args if k not in self.params]
+        if unexpected:
+            return f"unexpected arguments: {', '.join(unexpected)}"
+        for name, schema in self.params.items():
+            if not of_type(args[name], schema):
+                return f"invalid arguments: {name} must be {TYPE_NAMES[schema['type']]}"
+        return None
+
+
+JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "array": list}   # the types the tools use
+TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "array": "an array"}
+
+
+def of_type(value, schema: dict) -> bool:
+    """Whether a JSON value has the schema's type (JSON's true is no number; an array's items are checked too)."""
+    kind = schema["type"]
+    if not isinstance(value, JSON_TYPES[kind]) or (isinstance(value, bool) and kind in ("integer", "number")):
+        return False
+    return kind != "array" or all(of_type(v, schema["items"]) for v in value)
+
 
 def param(kind: str, description: str, **extra) -> dict:
     return {"type": kind, "description": description, **extra}

@@ -214,3 +214,29 @@ def test_cold_start_without_think_calls_fails_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no 'think' tool calls" in err and "train.json" in err
     assert data.main(["cold-start", str(path), "--out", str(tmp_path / "c.jsonl"), "--turns", "100"]) == 2
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_cold_start_writes_the_format_its_suffix_names(tmp_path, suffix):
+    """The builder's file is read back by the project's own loader, whatever suffix the user gave it."""
+    conv = [{"from": "human", "value": "Where is W1?"}, *think("I need the order."),
+            {"from": "function_call", "value": CALL}, {"from": "observation", "value": "{}"}]
+    path = write(tmp_path, [record(conv, tools=THINK_TOOLS)])
+    out = tmp_path / f"cold{suffix}"
+    assert data.main(["cold-start", str(path), "--out", str(out), "--turns", "1"]) == 0
+    samples, _ = load_turn_samples(out)
+    assert [(s.target.reasoning, s.target.tool_calls) for s in samples] == [
+        ("I need the order.", [{"name": "get_order_details", "arguments": {"order_id": "W1"}}])]
+
+
+def test_a_next_action_test_without_a_user_message_is_a_data_error(tmp_path, capsys):
+    bad = {"conversation_id": "c1", "tools": TOOLS, "context": [], "expected": [{"from": "gpt", "value": "Hello"}]}
+    good = {"conversation_id": "c2", "tools": TOOLS, "context": [{"from": "human", "value": "hi"}],
+            "expected": [{"from": "gpt", "value": "Hello"}]}
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(bad) + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(DataError, match=r"t.jsonl: record 0: context: no user message before the expected action"):
+        load_turn_samples(path)
+    samples, skipped = load_turn_samples(path, skip_bad=True)
+    assert [s.conversation_id for s in samples] == ["c2"] and len(skipped) == 1
+    assert data.main(["inspect", str(path)]) == 2 and capsys.readouterr().err.count("\n") == 1

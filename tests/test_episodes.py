@@ -94,3 +94,49 @@ def test_tasks_file_round_trips_and_eval_runs_episodes(tmp_path, capsys):
     row = json.loads((tmp_path / "e.json").read_text())["tiny-random"]
     assert row["tasks"] == 3 and row["trials"] == 2 and 0 <= row["task_success"] <= 1 and row["turns"] == 2
     assert "=== task0 trial 0" in capsys.readouterr().out
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+FUZZ_VALUES = {"list": ["W1"], "object": {"order_id": "W1"}, "null": None, "int": 7, "float": 1e308, "bool": True,
+               "1 MB string": "W" * 1_000_000, "nested 1000 deep": nested(1000), "empty string": ""}
+
+
+def as_json(kind: str, value) -> str:
+    """The value as the model would write it (1,000 levels written out: json.dumps itself stops short of them)."""
+    return "[" * 1000 + "]" * 1000 if kind == "nested 1000 deep" else json.dumps(value)
+
+
+@pytest.mark.parametrize("kind", list(FUZZ_VALUES))
+def test_no_argument_value_of_any_json_type_stops_an_episode(tasks, kind):
+    """Model output is untrusted: every retail tool, every parameter, a value of each JSON type -> an observation
+    (the tool's output or an error), whether the call reaches the tool directly or through the model's text."""
+    task = tasks[0]
+    good = {"user_id": task.user_id, "email": "x@example.com", "order_id": "W0000001", "reason": "no longer needed",
+            "item_ids": ["P001"], "product_id": "P001", "address1": "1 Main St", "city": "Springfield",
+            "zip": "12345", "name": "Ann Lee"}
+    for tool in episodes.RETAIL.tools.values():
+        for name in tool.params:
+            args = {p: good.get(p, "x") for p in tool.params} | {name: FUZZ_VALUES[kind]}
+            e = episodes.Episode(task, 0, episodes.overlay(retail_world_db()), ScriptedUser(task, 0))
+            observation = e.execute({"name": tool.name, "arguments": args})   # straight to the tool
+            assert isinstance(observation, dict)
+            json.dumps(observation)                            # what the episode appends to the conversation
+            fields = ", ".join(f"{json.dumps(k)}: {as_json(kind if k == name else '', v)}" for k, v in args.items())
+            e.step(f'<tool_call>\n{{"name": "{tool.name}", "arguments": {{{fields}}}}}\n</tool_call>', turn_limit=5)
+            assert e.messages[-1]["role"] == "tool" or e.format_errors == 1   # ran, or refused by the parser
+
+
+def test_a_value_of_the_wrong_type_is_an_error_observation_not_a_write(tasks):
+    task = next(t for t in make_tasks(200) if t.requests[0].flow == "cancel")
+    order_id = task.requests[0].details["order_id"]
+    e = episodes.Episode(task, 0, episodes.overlay(retail_world_db()), ScriptedUser(task, 0))
+    before = dict(e.db["orders"][order_id])
+    observation = e.execute({"name": "cancel_pending_order", "arguments": {"order_id": [order_id], "reason": "x"}})
+    assert observation == {"error": "invalid arguments: order_id must be a string"}
+    assert e.db["orders"][order_id] == before and e.tool_errors == 1 and e.violations == 0

@@ -1,3 +1,8 @@
+import json
+
+import pytest
+
+import eval as evaluation
 from data import Action, TurnSample
 from eval import aggregate, conversation_success, score_turn, turn_success
 from rewards import r_decision as decision_correct
@@ -60,3 +65,42 @@ def test_plot_series_and_moving_average(tmp_path):
     assert plot.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert plot.main([str(log), "--key", "reward.total", "--out", str(tmp_path / "c.svg")]) == 0
     assert (tmp_path / "c.svg").read_text().startswith("<svg")
+
+
+def reference_completions(reasoning_words: int, think: bool):
+    """A fake generate_texts: every sample's own reference action, after a trace of `reasoning_words` words."""
+    def generate_texts(model, tokenizer, samples, thinking, *args, **kwargs):
+        out = []
+        for s in samples:
+            action = "\n".join(f"<tool_call>\n{json.dumps(c)}\n</tool_call>" for c in s.target.tool_calls) \
+                if s.target.is_tool_call else s.target.content
+            trace = f"<think>\n{' '.join(['word'] * reasoning_words)}\n</think>\n\n" if think else ""
+            out.append((trace + action, False))
+        return out
+    return generate_texts
+
+
+def test_the_evaluation_scores_the_reward_the_run_trained_on(tmp_path, demo_dir, monkeypatch):
+    """By hand, every action right after a 150-word trace: budget 256 gives 0.1 + 0.2 + 0.6 + 0.1 = 1.0 (budget 64:
+    efficiency max(0, 1 - 86/64) = 0, so 0.9). The right action with no trace, thinking on: the paper's design gives
+    0.2 + 0.6 = 0.8, binary (format x correct) gives 0."""
+    import grpo
+    from model import load, save
+    data = str(demo_dir / "retail_test.json")
+    model, tok = load("tiny-random")
+    common = ["--model", "tiny-random", "--eval-data", data, "--eval-limit", "6"]
+    monkeypatch.setattr(evaluation, "generate_texts", reference_completions(150, think=True))
+    long_budget = grpo.parse_args(common + ["--think-budget", "256"])
+    assert evaluation.held_out_evaluator(long_budget, tok, True)(model)["reward"] == pytest.approx(1.0)
+    assert evaluation.held_out_evaluator(grpo.parse_args(common), tok, True)(model)["reward"] == pytest.approx(0.9)
+    monkeypatch.setattr(evaluation, "generate_texts", reference_completions(0, think=False))
+    binary = grpo.parse_args(common + ["--reward", "binary"])
+    assert evaluation.held_out_evaluator(binary, tok, True)(model)["reward"] == 0.0
+    assert evaluation.held_out_evaluator(grpo.parse_args(common), tok, True)(model)["reward"] == pytest.approx(0.8)
+    # eval.py on a run's directory reads the reward from the run's args.json
+    save(model, tok, tmp_path / "run")
+    (tmp_path / "run" / "args.json").write_text(json.dumps(vars(long_budget)))
+    monkeypatch.setattr(evaluation, "generate_texts", reference_completions(150, think=True))
+    assert evaluation.main(["--model", str(tmp_path / "run"), "--data", data, "--limit", "6",
+                            "--out", str(tmp_path / "t.json")]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())[str(tmp_path / "run")]["reward"] == pytest.approx(1.0)

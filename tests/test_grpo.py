@@ -195,3 +195,68 @@ def test_micro_batches_of_similar_length_give_the_padded_batch_loss_and_gradient
     loss_micro, grad_micro = loss_and_grad(parts)
     assert loss_micro == pytest.approx(loss_padded, abs=1e-6)
     assert grad_padded.abs().sum() > 0 and torch.allclose(grad_micro, grad_padded, atol=1e-6)
+
+
+def test_a_group_of_equal_rewards_is_never_informative():
+    """Equal rewards teach nothing, exactly: torch's float32 std of G equal values is often 1 ulp (1.5e-8 to
+    1.2e-7), above a 1e-8 threshold. A rank that holds one group sees a [1, G] tensor."""
+    from grpo import informative
+    constants = torch.cat([torch.tensor([0.9, 0.1, 1.0 / 3.0]), torch.rand(2000, generator=torch.Generator().manual_seed(0))])
+    for c in constants:
+        group = c.expand(1, 8).contiguous()
+        assert not bool(informative(group)) and torch.equal(group_advantages(group), torch.zeros(1, 8))
+    differs = torch.tensor([[0.9] * 7 + [0.8]])
+    assert bool(informative(differs)) and group_advantages(differs)[0, -1] < 0
+
+
+def scored_completion(tok, sample, text: str):
+    """One completion of `sample` written as `text` plus EOS, scored as the rollout scores it (G = 1)."""
+    from grpo import score_rollout
+    from rewards import RewardWeights
+    from sampling import Generation
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    gen = Generation(torch.tensor([[5]]), torch.ones(1, 1, dtype=torch.long), torch.tensor([ids]),
+                     torch.ones(1, len(ids), dtype=torch.long), torch.zeros(1, dtype=torch.bool))
+    return score_rollout(tok, gen, [sample], 1, True, RewardWeights())[0]
+
+
+@pytest.mark.parametrize("special", ["<|im_start|>", "<|endoftext|>"])
+def test_a_special_token_inside_a_completion_is_a_format_error(demo_dir, special):
+    """Decoding must not hide what the model wrote: only the final EOS ends a completion. By hand: the right call
+    with a short trace scores 0.1 + 0.2 + 0.6 + 0.1 = 1.0; without format credit 0.9."""
+    import json
+
+    from data import load_turn_samples
+    _, tok = load("tiny-random")
+    sample = next(s for s in load_turn_samples(demo_dir / "retail_test.json")[0] if s.target.is_tool_call)
+    calls = "\n".join(f"<tool_call>\n{json.dumps(c)}\n</tool_call>" for c in sample.target.tool_calls)
+    clean = scored_completion(tok, sample, f"<think>\nLook it up.\n</think>\n\n{calls}")
+    assert clean["format"] == 1.0 and clean["total"] == pytest.approx(1.0)
+    dirty = scored_completion(tok, sample, f"<think>\nLook it up.\n</think>\n\n{special}{calls}")
+    assert dirty["format"] == 0.0 and dirty["total"] == pytest.approx(0.9) and special in dirty["text"]
+
+
+def test_grpo_refuses_lora_dropout(capsys):
+    import grpo
+    with pytest.raises(SystemExit) as stop:
+        grpo.parse_args(["--lora-rank", "4", "--lora-dropout", "0.1"])
+    assert stop.value.code == 2 and "--lora-dropout" in capsys.readouterr().err
+
+
+def test_an_unchanged_policy_has_ratio_one_and_no_kl_even_with_dropout_in_its_config(tmp_path, demo_dir):
+    """The policy GRPO samples, its old policy and its reference are one function: a model whose config asks for
+    attention dropout, trained with lr 0 and two updates per rollout, clips no token and has KL 0."""
+    import json
+
+    import grpo
+    from model import save
+    model, tok = load("tiny-random")
+    model.config.attention_dropout = 0.5
+    save(model, tok, tmp_path / "dropout-model")
+    records = json.loads((demo_dir / "retail_train.json").read_text())[:4]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    assert grpo.main(["--model", str(tmp_path / "dropout-model"), "--data", str(tmp_path / "d.json"), "--steps", "1",
+                      "--group-size", "4", "--prompts-per-step", "2", "--max-new-tokens", "8", "--lr", "0",
+                      "--num-iterations", "2", "--keep-zero-variance", "--out", str(tmp_path / "o")]) == 0
+    record = json.loads((tmp_path / "o" / "log.jsonl").read_text().splitlines()[-1])
+    assert record["clip_fraction"] == 0.0 and record["kl"] < 1e-7

@@ -77,3 +77,78 @@ def test_two_ranks_take_the_grpo_step_of_one_process(tmp_path, data):
     # the two ranks sampled what one process sampled: the same rewards and completion lengths
     r1, r2 = last_record(tmp_path / "one"), last_record(tmp_path / "two")
     assert r2["reward"] == r1["reward"] and r2["completion_len"] == r1["completion_len"]
+
+
+AS_ON_A_GPU = """
+import json, sys
+import torch, torch.distributed as dist
+sys.path.insert(0, {root!r})
+# A GPU machine, played by gloo: torch.cuda reports a device, and the backend string the code asks for is served
+# as on a GPU, nccl's share by gloo. A bare "nccl" serves only cuda tensors ({{'cuda': 'nccl'}}), so it becomes
+# "cuda:gloo" and a collective on a CPU tensor fails exactly as it does under NCCL.
+real_init = dist.init_process_group
+def init_as_on_a_gpu(backend=None, **kwargs):
+    real_init("cuda:gloo" if backend == "nccl" else backend.replace("nccl", "gloo"), **kwargs)
+dist.init_process_group = init_as_on_a_gpu
+torch.cuda.is_available = lambda: True
+torch.cuda.set_device = lambda device: None
+import parallel
+parallel.start()
+result = {{"sum": parallel.all_sum(parallel.rank() + 1.5), "any": parallel.any_rank(parallel.rank() == 1),
+          "gathered": parallel.gather([parallel.rank()])}}
+parallel.barrier()
+if parallel.is_main():
+    open({out!r}, "w").write(json.dumps(result))
+parallel.stop()
+"""
+
+
+def test_every_collective_runs_on_a_backend_map_that_serves_only_the_gpu_for_nccl(tmp_path):
+    """Under init_process_group("nccl") a CPU tensor has no backend: the run's bookkeeping collectives (all_sum,
+    any_rank, gather, barrier) must run on a map that covers the CPU as well."""
+    script = tmp_path / "as_on_a_gpu.py"
+    script.write_text(AS_ON_A_GPU.format(root=str(ROOT), out=str(tmp_path / "result.json")))
+    run([str(script)], 2, 29633)
+    assert json.loads((tmp_path / "result.json").read_text()) == {"sum": 1.5 + 2.5, "any": True, "gathered": [0, 1]}
+
+
+SCRIPTED_REWARDS = """
+import sys, zlib
+sys.path.insert(0, {root!r})
+import grpo
+real_score = grpo.score_rollout
+def scripted(tokenizer, gen, samples, group_size, *args):
+    # a group is informative (rewards 1, 0) when its sample's crc32 is divisible by 3, else all its rewards are 0.5
+    scored = real_score(tokenizer, gen, samples, group_size, *args)
+    for i, r in enumerate(scored):
+        s = samples[i // group_size]
+        useful = zlib.crc32(f"{{s.conversation_id}}/{{len(s.messages)}}".encode()) % 3 == 0
+        r["total"] = float(i % group_size == 0) if useful else 0.5
+    return scored
+grpo.score_rollout = scripted
+sys.exit(grpo.main(sys.argv[1:]))
+"""
+
+
+def drawn_groups(out: Path) -> list[tuple[str, int, bool]]:
+    """The step's groups in the rollout log's order (the draw's): which sample, and whether it was trained on."""
+    groups = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    return [(g["conversation_id"], g["turn"], g["trained"]) for g in groups]
+
+
+def test_refill_on_two_ranks_trains_on_the_groups_one_process_trains_on(tmp_path, data):
+    """--refill draws B prompts at a time until B groups of the *global* batch are informative and keeps the first
+    B in the draw's order, as one process does (a rank counting only its own groups refills, and keeps, others)."""
+    lr = 1e-4
+    script = tmp_path / "scripted.py"
+    script.write_text(SCRIPTED_REWARDS.format(root=str(ROOT)))
+    common = [str(script), "--model", "tiny-random", "--data", data, "--steps", "1", "--group-size", "2",
+              "--prompts-per-step", "4", "--max-new-tokens", "6", "--lr", str(lr), "--warmup", "1", "--refill",
+              "--log-rollouts", "1", "--seed", "8"]
+    run(common + ["--out", str(tmp_path / "one")], 1, 0)
+    run(common + ["--out", str(tmp_path / "two")], 2, 29634)
+    assert last_record(tmp_path / "two")["prompts_drawn"] == last_record(tmp_path / "one")["prompts_drawn"]
+    assert largest_difference(tmp_path / "one", tmp_path / "two") < 0.1 * lr
+    one = drawn_groups(tmp_path / "one")
+    assert len(one) > 4 and any(trained for *_, trained in one)     # it refilled, and trained on something
+    assert drawn_groups(tmp_path / "two") == one

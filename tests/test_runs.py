@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import runs
@@ -134,3 +135,31 @@ def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
     (out / "args.json").write_text(json.dumps(vars(sft.parse_args(["--model", "tiny-random", "--out", str(out)]))))
     assert sft.main(["--resume", str(out)]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_a_sharded_checkpoint_loads_every_shard_and_a_missing_weight_is_an_error(tmp_path):
+    """Full fine-tuning of a real model saves shards (model-0000k-of-0000n.safetensors + index); resume loads them
+    all, and a weight that is in none of them stops the resume instead of staying at its initial value."""
+    from safetensors.torch import load_file, save_file
+
+    from cli import BadInput
+    model, tok, opt, sched = tiny_training_state()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    ckpt = tmp_path / "checkpoint"
+    runs.save_checkpoint(ckpt, model, tok, opt, sched, {"step": 1}, base_model="tiny-random")
+    real = ckpt.resolve()
+    (real / "model.safetensors").unlink()
+    model.save_pretrained(str(real), max_shard_size="1MB")
+    shards = sorted(real.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (real / "model.safetensors.index.json").exists()
+    fresh, _, fresh_opt, fresh_sched = tiny_training_state()
+    assert runs.load_checkpoint(ckpt, fresh, fresh_opt, fresh_sched)["step"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    part = load_file(str(shards[-1]))
+    dropped = sorted(part)[0]
+    save_file({k: v for k, v in part.items() if k != dropped}, str(shards[-1]))
+    fresh, _, fresh_opt, fresh_sched = tiny_training_state()
+    with pytest.raises(BadInput, match=dropped.replace(".", r"\.")):
+        runs.load_checkpoint(ckpt, fresh, fresh_opt, fresh_sched)
