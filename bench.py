@@ -75,7 +75,7 @@ def bench_tiny(model_name: str, precision: str) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
-    seconds = timed(lambda: sft_step(model, opt, constant, params, [batch], clip=1.0, precision=precision))
+    seconds = timed(lambda: sft_step(model, opt, constant, params, [batch], max_grad_norm=1.0, precision=precision))
     print(f"SFT step, batch {len(prompts)} x {batch['input_ids'].shape[1]} tokens: {batch['attention_mask'].sum() / seconds:7.0f} tok/s")
     # grpo.py's own defaults: G=8, 96 new tokens, beta 0.04, ...
     args = grpo.parse_args(["--model", model_name, "--precision", precision, "--device", "cpu"])
@@ -149,7 +149,7 @@ def bench_vs_trl(model_name: str, steps: int, prompts_per_step: int, group: int,
                         num_generations=group, max_completion_length=new_tokens, temperature=1.0, top_p=1.0,
                         beta=args.beta, epsilon=args.eps_low, epsilon_high=args.eps_high, loss_type=args.loss_agg,
                         scale_rewards="group", learning_rate=args.lr, adam_beta2=0.99, weight_decay=0.0,
-                        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=args.clip, max_steps=steps,
+                        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=args.max_grad_norm, max_steps=steps,
                         gradient_checkpointing=False, bf16=False, use_cpu=True, shuffle_dataset=False, seed=seed,
                         logging_steps=1, report_to="none", save_strategy="no", disable_dropout=True)
     dataset = Dataset.from_dict({"prompt": texts, "index": order})

@@ -36,10 +36,11 @@ from data import DataError, TurnSample, action_kind, load_turn_samples, prompt_i
 from eval import held_out_evaluator
 from lora import disable_adapters
 from model import autocast, eos_ids, is_tiny, special_tokens, without_dropout
-from rewards import COMPONENTS, DESIGNS, THINK_BUDGETS, RewardWeights, composite_reward, paper_terms
-from runs import Run, add_run_arguments, load_for_training, optimizer_step, resolve_defaults, resume_args, warmup_cosine
+from rewards import COMPONENTS, DESIGNS, THINK_BUDGETS, Reward, RewardWeights, composite_reward, paper_terms
+from runs import (HelpFormatter, Run, add_run_arguments, linear_warmup, load_for_training, optimizer_step,
+                  resolve_defaults, resume_args, scale_help)
 from sampling import Generation, concatenate, generate, positions, sampling_noise
-from toolcalls import parse_completion
+from toolcalls import Parsed, parse_completion
 
 LOSS_AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
 # Learning rate when --lr is not given: RL steps are noisier than SFT steps, so each is 10x below sft.py's.
@@ -159,12 +160,185 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return torch.zeros(real.shape, dtype=torch.float32, device=hidden.device).masked_scatter(real, torch.cat(out))
 
 
+# ----------------------------------------------------------------------------------------------
+# One step: rollout -> advantages -> reference -> update
+# ----------------------------------------------------------------------------------------------
+def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, samples: list[TurnSample],
+              prompts: list[list[int]], generator: torch.Generator, args, thinking: bool, weights: RewardWeights,
+              log_groups: bool = False) -> dict:
+    """One GRPO step, the steps of the module docstring in its phases below, on the step's draw of prompts (B of them;
+    up to refill_cap x B with --refill). Under torchrun each rank holds whole groups, and the phases that need the
+    global batch sum over the ranks (parallel.py). log_groups adds the step's groups, as the rollout log records
+    them, under "groups"."""
+    device = next(model.parameters()).device
+    clock = [time.perf_counter()]
+    groups = draw_groups(model, tokenizer, samples, prompts, generator, args, thinking, weights)           # 1, 2
+    advantages = group_advantages(groups.totals(), scale_std=not args.no_std_scale).view(-1).to(device)   # 3
+    clock.append(time.perf_counter())
+    batch = training_batch(groups, advantages, args, device)
+    old_logp, ref_logp = old_and_reference_logprobs(model, frozen_ref, batch, args)                       # 4
+    clock.append(time.perf_counter())
+    update = policy_update(model, optimizer, scheduler, params, batch, old_logp, ref_logp, args)         # 5, 6
+    clock.append(time.perf_counter())
+    record = step_metrics(groups, update, clock)
+    if log_groups:   # every rank takes this branch alike (a collective inside)
+        record["groups"] = in_draw_order(rollout_groups(groups, advantages), args.prompts_per_step)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
+# Phases 1-2: draw prompts, sample G completions of each, score them (with refill)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Score:
+    """One completion as the composite reward saw it (rewards.composite_reward)."""
+    text: str                  # the model's text up to the EOS that ended it, special tokens kept
+    parsed: Parsed
+    reward: Reward             # every component, and the total of the run's design
+    terms: dict[str, float]    # the paper design's terms (rewards.paper_terms): which one tells a group apart
+    truncated: bool            # no EOS within --max-new-tokens
+    tokens: int                # completion length, EOS included
+    ref_tool_call: bool        # the reference action calls a tool
+
+    @property
+    def total(self) -> float:
+        return self.reward.total
+
+    def logged(self) -> dict:
+        """What the rollout log shows of the completion."""
+        return {"text": self.text, "total": self.total, **{c: getattr(self.reward, c) for c in COMPONENTS},
+                "truncated": self.truncated, "reasoning": self.parsed.reasoning, "tool_calls": self.parsed.tool_calls,
+                "answer_text": self.parsed.answer, "errors": self.parsed.errors}
+
+
+@dataclass
+class Groups:
+    """The step's groups on this rank: group i is samples[i], its completions rows i*G .. i*G + G - 1."""
+    samples: list[TurnSample]
+    gen: Generation
+    scores: list[Score]
+    trained: torch.Tensor      # [groups] bool: the groups whose rows go into the update
+    group_size: int
+
+    def totals(self) -> torch.Tensor:
+        return group_totals(self.scores, self.group_size)
+
+
+def group_totals(scores: list[Score], group_size: int) -> torch.Tensor:
+    """[groups, G] total rewards."""
+    return torch.tensor([s.total for s in scores], dtype=torch.float32).view(-1, group_size)
+
+
+def draw_groups(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], generator: torch.Generator,
+                args, thinking: bool, weights: RewardWeights) -> Groups:
+    """The step's groups on this rank, scored, and which of them the update trains on.
+
+    Without --refill: the first B prompts of the draw; the informative groups are trained on (all of them under
+    --keep-zero-variance). With --refill (DAPO's dynamic sampling): B more prompts at a time until the *global*
+    batch holds B informative groups or the draw is spent, and the first B informative groups in the draw's order
+    are trained on: the decision and the choice are those of one process, whatever the number of ranks."""
+    B, G = args.prompts_per_step, args.group_size
+    gen, scores, mine = rollout(model, tokenizer, samples, prompts, 0, generator, args, thinking, weights)
+    drawn = B
+    while (args.refill and drawn < len(samples)
+           and parallel.all_sum(int(informative(group_totals(scores, G)).sum())) < B):
+        more_gen, more_scores, more = rollout(model, tokenizer, samples, prompts, drawn, generator, args, thinking,
+                                              weights)
+        gen, scores, mine = concatenate([gen, more_gen], tokenizer.pad_token_id), scores + more_scores, mine + more
+        drawn += B
+    useful = informative(group_totals(scores, G))
+    if args.refill:
+        trained = first_in_draw_order(useful, B)
+    else:
+        trained = torch.ones_like(useful) if args.keep_zero_variance else useful
+    return Groups(mine, gen, scores, trained, G)
+
+
+def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], first: int,
+            generator: torch.Generator, args, thinking: bool, weights: RewardWeights
+            ) -> tuple[Generation, list[Score], list[TurnSample]]:
+    """G sampled completions of this rank's share of the B prompts from `first` on, scored (score_rollout); the
+    noise of all B x G rows is drawn and each rank keeps its rows' (sampling.py: what one process would sample)."""
+    B, G = args.prompts_per_step, args.group_size
+    noise = sampling_noise(B * G, args.max_new_tokens, generator)[parallel.share(B * G)]
+    share = parallel.share(B)
+    samples, prompts = samples[first + share.start:first + share.stop], prompts[first + share.start:first + share.stop]
+    model.eval()
+    device = next(model.parameters()).device
+    with autocast(args.precision, device):
+        gen = generate(model, prompts, eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id,
+                       group_size=G, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_p=args.top_p, noise=noise.to(device), rollout_batch=args.rollout_batch)
+    return gen, score_rollout(tokenizer, gen, samples, G, thinking, weights), samples
+
+
+def score_rollout(tokenizer, gen: Generation, samples: list[TurnSample], group_size: int, thinking: bool,
+                  weights: RewardWeights) -> list[Score]:
+    """Every completion parsed and scored (sample i's group is rows i*G .. i*G + G - 1)."""
+    scores, special = [], special_tokens(tokenizer)
+    for row, (ids, text, truncated) in enumerate(zip(gen.completion_lists(), gen.completion_texts(tokenizer),
+                                                     gen.truncated.tolist())):
+        parsed, ref = parse_completion(text, special), samples[row // group_size].target
+        reward = composite_reward(parsed, truncated, ref, thinking, weights)
+        scores.append(Score(text, parsed, reward, paper_terms(reward, weights), truncated, len(ids), ref.is_tool_call))
+    return scores
+
+
+def in_draw_order(items: list, B: int) -> list:
+    """Every rank's per-group items, gathered in the global draw's order. rollout shares each draw of B prompts out
+    in rank order (parallel.share), so the global order runs draw by draw, and within a draw rank by rank."""
+    share, n = B // parallel.world(), len(items)   # every rank holds n groups: the same draws
+    everyone = parallel.gather(items)
+    by_rank = [everyone[r * n:(r + 1) * n] for r in range(parallel.world())]
+    return [x for d in range(0, n, share) for part in by_rank for x in part[d:d + share]]
+
+
+def first_in_draw_order(useful: torch.Tensor, B: int) -> torch.Tensor:
+    """This rank's share of the first B True groups of the global draw (see in_draw_order): local group d x share + j
+    is global group d x B + rank x share + j."""
+    share = B // parallel.world()
+    flags = torch.tensor(in_draw_order(useful.tolist(), B), dtype=torch.bool)
+    first = flags & (flags.cumsum(0) <= B)
+    local = torch.arange(len(useful))
+    return first[local // share * B + parallel.rank() * share + local % share]
+
+
+# ----------------------------------------------------------------------------------------------
+# Phase 4: the rows to train on, and their log-probs under the old and the reference policy
+# ----------------------------------------------------------------------------------------------
 @dataclass
 class MicroBatch:
     input_ids: torch.Tensor    # [n, p + w]: prompts left-padded to this micro-batch's longest, completions after them
     attention: torch.Tensor    # [n, p + w]
     mask: torch.Tensor         # [n, w] float: 1 on real completion tokens (through EOS)
     advantages: torch.Tensor   # [n]
+
+
+@dataclass
+class Batch:
+    """The rows the update trains on, and the normalisers of aggregate_loss: those of the global batch."""
+    micro: list[MicroBatch]
+    n_sequences: int           # N: every row drawn over the ranks (under --refill: the rows of the groups kept)
+    n_tokens: int              # sum_i |o_i| over the same rows
+    n_trained_tokens: int      # completion tokens of the rows trained on (kl and clip_fraction are per such token)
+
+
+def training_batch(groups: Groups, advantages: torch.Tensor, args, device) -> Batch:
+    """The trained groups' rows in micro-batches of similar length, and the normalisers summed over the ranks.
+
+    A group whose completions all scored the same has A = 0 and teaches nothing: as in DAPO's dynamic sampling it is
+    left out of the reference and update passes (--keep-zero-variance keeps it, for its KL term), while its rows
+    still count in the normalisers, so the loss is that of every row drawn (less their KL term). Under --refill
+    the batch is the B groups kept."""
+    mask = groups.gen.completion_mask
+    rows = groups.trained.repeat_interleave(groups.group_size).nonzero().squeeze(-1)
+    n_trained_tokens = int(parallel.all_sum(int(mask[rows].sum())))
+    if args.refill:
+        n_sequences, n_tokens = int(parallel.all_sum(len(rows))), n_trained_tokens
+    else:
+        n_sequences, n_tokens = int(parallel.all_sum(len(groups.scores))), int(parallel.all_sum(int(mask.sum())))
+    return Batch(micro_batches(groups.gen, rows, advantages, args.micro_batch, device), n_sequences, n_tokens,
+                 n_trained_tokens)
 
 
 def micro_batches(gen: Generation, rows: torch.Tensor, advantages: torch.Tensor, size: int, device) -> list[MicroBatch]:
@@ -189,77 +363,144 @@ def micro_batches(gen: Generation, rows: torch.Tensor, advantages: torch.Tensor,
     return batches
 
 
-# ----------------------------------------------------------------------------------------------
-# Rollouts
-# ----------------------------------------------------------------------------------------------
-def score_rollout(tokenizer, gen: Generation, samples: list[TurnSample], group_size: int, thinking: bool,
-                  weights: RewardWeights) -> list[dict]:
-    """Every completion parsed and scored (sample i's group is rows i*G .. i*G + G - 1): its reward components and
-    total, and what the rollout log shows of it."""
-    scored, special = [], special_tokens(tokenizer)
-    for row, (ids, text, truncated) in enumerate(zip(gen.completion_lists(), gen.completion_texts(tokenizer),
-                                                     gen.truncated.tolist())):
-        parsed, ref = parse_completion(text, special), samples[row // group_size].target
-        reward = composite_reward(parsed, truncated, ref, thinking, weights)
-        scored.append({"text": text, **reward.as_dict(), "terms": paper_terms(reward, weights), "truncated": truncated,
-                       "tokens": len(ids),
-                       "reasoning_words": parsed.reasoning_words, "well_formed": parsed.well_formed,
-                       "called_tool": bool(parsed.tool_calls), "ref_tool_call": ref.is_tool_call,
-                       "reasoning": parsed.reasoning, "tool_calls": parsed.tool_calls, "answer_text": parsed.answer,
-                       "errors": parsed.errors})
-    return scored
+@torch.no_grad()
+def old_and_reference_logprobs(model, frozen_ref, batch: Batch, args) -> tuple[list, list]:
+    """Per micro-batch, log pi(o_t) of the sampled tokens under the old policy (the one that sampled: computed once
+    when --num-iterations > 1; None otherwise, and the update takes logp.detach()) and under the reference policy
+    (reference_context; None when beta = 0)."""
+    device = next(model.parameters()).device
+    none = [None] * len(batch.micro)
+    with autocast(args.precision, device):
+        ref_logp = none
+        if args.beta > 0 and batch.micro:
+            with reference_context(model, frozen_ref) as ref_model:
+                ref_logp = [token_logprobs(ref_model, b.input_ids, b.attention, b.mask, args.temperature)
+                            for b in batch.micro]
+        old_logp = [token_logprobs(model, b.input_ids, b.attention, b.mask, args.temperature) for b in batch.micro] \
+            if args.num_iterations > 1 else none
+    return old_logp, ref_logp
 
 
-def decision_confusion(scored: list[dict]) -> dict[str, float]:
+def reference_context(model, frozen_ref):
+    """The reference policy: the frozen copy (full fine-tuning) or the model with adapters disabled."""
+    return nullcontext(frozen_ref) if frozen_ref is not None else disable_adapters(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Phases 5-6: the policy update
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Update:
+    loss: float = 0.0          # the batch's loss, mean over the --num-iterations updates
+    kl: float = 0.0            # mean k3 per trained token
+    clip_fraction: float = 0.0 # fraction of trained tokens whose ratio term was clipped
+    grad_norm: float = 0.0     # gradient norm before clipping, of the last update
+    finite: bool = True        # False: the last update was dropped (runs.optimizer_step)
+
+
+def policy_update(model, optimizer, scheduler, params, batch: Batch, old_logp: list, ref_logp: list, args) -> Update:
+    """--num-iterations updates on the batch: per micro-batch the clipped loss with its KL term (clipped_policy_loss)
+    reduced with the global normalisers (aggregate_loss) and backpropagated; then one optimizer step on the gradient
+    summed over the ranks (runs.optimizer_step). No update when no rank has a row to train on."""
+    device = next(model.parameters()).device
+    model.train()
+    update = Update()
+    for _ in range(args.num_iterations if parallel.any_rank(bool(batch.micro)) else 0):
+        loss, kl, clipped = 0.0, 0.0, 0.0
+        for b, ref, old in zip(batch.micro, ref_logp, old_logp):
+            with autocast(args.precision, device):
+                logp = token_logprobs(model, b.input_ids, b.attention, b.mask, args.temperature)
+            old = logp.detach() if old is None else old   # mu = 1: ratio 1, gradient intact
+            per_token, k3, was_clipped = clipped_policy_loss(logp, old, ref, b.advantages, args.beta, args.eps_low,
+                                                             args.eps_high)
+            part = aggregate_loss(per_token, b.mask, args.loss_agg, batch.n_sequences, batch.n_tokens,
+                                  args.max_new_tokens)
+            part.backward()
+            loss += part.item()
+            kl += float((k3.detach() * b.mask).sum())
+            clipped += float((was_clipped.float() * b.mask).sum())
+        loss, kl, clipped = (parallel.all_sum(v) for v in (loss, kl, clipped))   # of the whole batch
+        update.loss += loss / args.num_iterations
+        update.kl += kl / max(batch.n_trained_tokens, 1) / args.num_iterations
+        update.clip_fraction += clipped / max(batch.n_trained_tokens, 1) / args.num_iterations
+        update.grad_norm, update.finite = optimizer_step(optimizer, scheduler, params, args.max_grad_norm, loss)
+        if not update.finite:
+            break
+    return update
+
+
+# ----------------------------------------------------------------------------------------------
+# What a step shows: the log record (docs/commands.md) and the rollout log (rollouts.py)
+# ----------------------------------------------------------------------------------------------
+def step_metrics(groups: Groups, update: Update, clock: list[float]) -> dict:
+    """The step's log record, over every rank's completions; clock: the times at the start and after the rollout,
+    the reference pass and the update."""
+    G, scores = groups.group_size, parallel.gather(groups.scores)   # whole groups of every rank
+    totals = group_totals(scores, G)
+    tokens = parallel.all_sum(float(groups.gen.prompt_mask.sum() + groups.gen.completion_mask.sum()))
+    return {
+        "reward": {"total": float(totals.mean()), "std": float(totals.std(unbiased=False)),
+                   **{c: mean_of([getattr(s.reward, c) for s in scores]) for c in COMPONENTS}},
+        "zero_variance_groups": 1.0 - float(informative(totals).float().mean()),
+        "prompts_drawn": int(parallel.all_sum(len(groups.samples))),
+        "decision": decision_confusion(scores),
+        "parse_failure": 1.0 - mean_of([s.parsed.well_formed for s in scores]),
+        "separated_by": separated_by(scores, G),
+        "loss": update.loss, "kl": update.kl, "clip_fraction": update.clip_fraction,
+        "grad_norm": update.grad_norm, "finite": update.finite,
+        "completion_len": mean_of([s.tokens for s in scores]), "truncated": mean_of([s.truncated for s in scores]),
+        "reasoning_words": mean_of([s.parsed.reasoning_words for s in scores]),
+        "seconds": {"rollout": clock[1] - clock[0], "reference": clock[2] - clock[1], "update": clock[3] - clock[2],
+                    "total": clock[3] - clock[0]},
+        "tokens_per_s": tokens / (clock[3] - clock[0]),
+    }
+
+
+def mean_of(values: list) -> float | None:
+    """The mean of the values that are not None (a component that does not apply to a turn is None)."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def decision_confusion(scores: list[Score]) -> dict[str, float]:
     """Fractions of the step's completions by (what it did | what the reference does); they sum to 1."""
     cells = {f"{did}|{ref}": 0 for did in ("call", "answer") for ref in ("call", "answer")}
-    for r in scored:
-        cells[f"{'call' if r['called_tool'] else 'answer'}|{'call' if r['ref_tool_call'] else 'answer'}"] += 1
-    return {k: v / len(scored) for k, v in cells.items()}
+    for s in scores:
+        cells[f"{'call' if s.parsed.tool_calls else 'answer'}|{'call' if s.ref_tool_call else 'answer'}"] += 1
+    return {k: v / len(scores) for k, v in cells.items()}
 
 
-def separated_by(scored: list[dict], group_size: int) -> dict[str, float]:
+def separated_by(scores: list[Score], group_size: int) -> dict[str, float]:
     """For each informative group (`informative`), the component whose paper term (rewards.paper_terms) varies
     most within the group, the one that told its completions apart; the fraction of informative groups each
     component separated (an empty dict when no group was informative)."""
     counts: dict[str, int] = {}
-    for k, useful in zip(range(0, len(scored), group_size), informative(group_totals(scored, group_size)).tolist()):
+    for k, useful in zip(range(0, len(scores), group_size), informative(group_totals(scores, group_size)).tolist()):
         if not useful:
             continue
-        group = scored[k:k + group_size]
-        spread = {c: torch.tensor([r["terms"][c] for r in group]).var(unbiased=False).item() for c in COMPONENTS}
+        group = scores[k:k + group_size]
+        spread = {c: torch.tensor([s.terms[c] for s in group]).var(unbiased=False).item() for c in COMPONENTS}
         top = max(spread, key=spread.get)
         counts[top] = counts.get(top, 0) + 1
     n = sum(counts.values())
     return {c: counts[c] / n for c in COMPONENTS if c in counts}
 
 
-def rollout_groups(samples: list[TurnSample], scored: list[dict], advantages: torch.Tensor, trained: torch.Tensor,
-                   group_size: int) -> list[dict]:
-    """The step's groups as rollouts.jsonl records (one line each; `python rollouts.py` shows them); `trained` marks
-    the groups whose rows went into the update (draw_groups)."""
-    groups = []
-    shown = ("text", "total", *COMPONENTS, "truncated", "reasoning", "tool_calls", "answer_text", "errors")
-    useful = informative(group_totals(scored, group_size)).tolist()
-    for i, sample in enumerate(samples):
-        rows = range(i * group_size, (i + 1) * group_size)
-        completions = [{"advantage": round(float(advantages[r]), 4), **{k: scored[r][k] for k in shown}} for r in rows]
-        groups.append({"conversation_id": sample.conversation_id, "turn": len(sample.messages),
-                       "kind": action_kind(sample.target), "informative": useful[i], "trained": bool(trained[i]),
-                       "reference": {"reasoning": sample.target.reasoning, "tool_calls": sample.target.tool_calls,
-                                     "answer": sample.target.content if not sample.target.is_tool_call else ""},
-                       "completions": completions})
-    return groups
-
-
-def mean_of(rewards: list[dict], key: str) -> float | None:
-    values = [r[key] for r in rewards if r[key] is not None]
-    return sum(values) / len(values) if values else None
-
-
-def reference_context(model, frozen_ref):
-    """The reference policy: the frozen copy (full fine-tuning) or the model with adapters disabled."""
-    return nullcontext(frozen_ref) if frozen_ref is not None else disable_adapters(model)
+def rollout_groups(groups: Groups, advantages: torch.Tensor) -> list[dict]:
+    """This rank's groups as rollouts.jsonl records (one line each; `python rollouts.py` shows them): each
+    completion with its advantage, whether the group was informative and whether the update trained on it."""
+    G, records = groups.group_size, []
+    useful = informative(groups.totals()).tolist()
+    for i, sample in enumerate(groups.samples):
+        completions = [{"advantage": round(float(advantages[r]), 4), **groups.scores[r].logged()}
+                       for r in range(i * G, (i + 1) * G)]
+        records.append({"conversation_id": sample.conversation_id, "turn": len(sample.messages),
+                        "kind": action_kind(sample.target), "informative": useful[i],
+                        "trained": bool(groups.trained[i]),
+                        "reference": {"reasoning": sample.target.reasoning, "tool_calls": sample.target.tool_calls,
+                                      "answer": sample.target.content if not sample.target.is_tool_call else ""},
+                        "completions": completions})
+    return records
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,55 +529,58 @@ def unit_interval(text: str) -> float:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GRPO with a composite reward for tool-calling agents.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_run_arguments(p, out="runs/grpo", save_every=50)
-    p.add_argument("--model", default="tiny", help="start policy: the cold-start model directory, or a hub id")
-    p.add_argument("--data", default="demo:train", help="training turn samples: APIGen-MT-5k file or demo split")
-    # sampling
-    p.add_argument("--group-size", type=int, default=8, help="G: completions per prompt")
-    p.add_argument("--prompts-per-step", type=int, default=16, help="B: turn samples per step")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="(SCALE_DEFAULTS: 96 tiny, 1024 real)")
-    p.add_argument("--max-prompt-len", type=int, default=None, help="longer prompts are left out of training "
-                   "(SCALE_DEFAULTS: 1024 tiny, 4096 real)")
-    p.add_argument("--rollout-batch", type=int, default=None, help="rows (completions) generated at once: bounds the "
-                   "KV cache whatever B x G is (SCALE_DEFAULTS: 128 tiny, 32 real)")
-    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (> 0: the log-probs "
+                                formatter_class=HelpFormatter)
+    g = p.add_argument_group("sampling")
+    g.add_argument("--group-size", type=positive_int, default=8, help="G: completions per prompt")
+    g.add_argument("--prompts-per-step", type=positive_int, default=16, help="B: turn samples per step")
+    g.add_argument("--max-new-tokens", type=positive_int, default=None, help="tokens sampled per completion at most "
+                   + scale_help(SCALE_DEFAULTS, "max_new_tokens"))
+    g.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (> 0: the log-probs "
                    "of the loss are those of logits / T)")
-    p.add_argument("--top-p", type=unit_interval, default=1.0, help="nucleus sampling mass, in (0, 1]")
-    p.add_argument("--thinking", choices=["on", "off"], default="on", help="think-then-act prompts (the method)")
-    # objective
-    p.add_argument("--beta", type=float, default=0.04, help="KL penalty weight (0 disables the reference pass)")
-    p.add_argument("--eps-low", type=float, default=0.2, help="ratio clip below 1")
-    p.add_argument("--eps-high", type=float, default=0.28, help="ratio clip above 1 (DAPO clip-higher)")
-    p.add_argument("--loss-agg", choices=LOSS_AGGREGATIONS, default="dapo")
-    p.add_argument("--no-std-scale", action="store_true", help="advantages without division by the group std")
-    p.add_argument("--num-iterations", type=int, default=1, help="policy updates per rollout batch (mu)")
-    p.add_argument("--keep-zero-variance", action="store_true",
-                   help="keep groups whose rewards are all equal (A = 0) in the update, for their KL term")
-    p.add_argument("--refill", action="store_true", help="DAPO's dynamic sampling: draw B more prompts at a time "
+    g.add_argument("--top-p", type=unit_interval, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    g.add_argument("--thinking", choices=["on", "off"], default="on", help="think-then-act prompts (the method)")
+    g.add_argument("--refill", action="store_true", help="DAPO's dynamic sampling: draw B more prompts at a time "
                    "until B groups are informative (rewards not all equal); train on those B")
-    p.add_argument("--refill-cap", type=positive_int, default=3, help="--refill draws at most this many x B prompts "
+    g.add_argument("--refill-cap", type=positive_int, default=3, help="--refill draws at most this many x B prompts "
                    "a step (then trains on the informative groups it has)")
-    p.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward in the update "
-                   "(SCALE_DEFAULTS: 32 tiny, 4 real)")
-    # reward
-    w = RewardWeights()  # defaults and their reasons: rewards.py and the README
-    p.add_argument("--reward", choices=DESIGNS, default=w.design, help="reward design: the paper's composite, "
+    g = p.add_argument_group("objective")
+    g.add_argument("--beta", type=float, default=0.04, help="KL penalty weight (0 disables the reference pass)")
+    g.add_argument("--eps-low", type=float, default=0.2, help="ratio clip below 1")
+    g.add_argument("--eps-high", type=float, default=0.28, help="ratio clip above 1 (DAPO clip-higher)")
+    g.add_argument("--loss-agg", choices=LOSS_AGGREGATIONS, default="dapo", help="aggregate_loss's reduction")
+    g.add_argument("--no-std-scale", action="store_true", help="advantages without division by the group std")
+    g.add_argument("--num-iterations", type=positive_int, default=1, help="policy updates per rollout batch (mu)")
+    g.add_argument("--keep-zero-variance", action="store_true",
+                   help="keep groups whose rewards are all equal (A = 0) in the update, for their KL term")
+    g = p.add_argument_group("reward (defaults and their reasons: rewards.py)")
+    w = RewardWeights()
+    g.add_argument("--reward", choices=DESIGNS, default=w.design, help="reward design: the paper's composite, "
                    "binary (Tool-N1), fine (ToolRL), or the composite without one component (ablations)")
-    p.add_argument("--w-format", type=float, default=w.format, help="weight of format compliance")
-    p.add_argument("--w-decision", type=float, default=w.decision, help="weight of the call-or-answer decision")
-    p.add_argument("--w-tool", type=float, default=w.tool, help="weight of tool accuracy (right decision only)")
-    p.add_argument("--w-answer", type=float, default=w.answer, help="weight of answer F1 (right decision only)")
-    p.add_argument("--w-efficiency", type=float, default=w.efficiency, help="weight of reasoning efficiency")
-    p.add_argument("--think-budget", type=positive_int, default=None, help="reasoning words with full efficiency "
-                   "(SCALE_DEFAULTS: 64 tiny, 256 real)")
-    # optimisation
-    p.add_argument("--lr", type=float, default=None, help="default (LR_DEFAULTS): 1e-4 tiny full fine-tuning, "
-                   "1e-5 LoRA, 1e-6 full fine-tuning of real models")
-    p.add_argument("--warmup", type=int, default=5, help="optimizer updates of linear warmup, then constant")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--log-rollouts", type=int, default=0, metavar="N", help="write every group of steps 1, N + 1, "
+    g.add_argument("--w-format", type=float, default=w.format, help="weight of format compliance")
+    g.add_argument("--w-decision", type=float, default=w.decision, help="weight of the call-or-answer decision")
+    g.add_argument("--w-tool", type=float, default=w.tool, help="weight of tool accuracy (right decision only)")
+    g.add_argument("--w-answer", type=float, default=w.answer, help="weight of answer F1 (right decision only)")
+    g.add_argument("--w-efficiency", type=float, default=w.efficiency, help="weight of reasoning efficiency")
+    g.add_argument("--think-budget", type=positive_int, default=None, help="reasoning words with full efficiency "
+                   + scale_help(SCALE_DEFAULTS, "think_budget"))
+    groups = add_run_arguments(p, out="runs/grpo", save_every=50)
+    g = groups["optimisation"]
+    g.add_argument("--lr", type=float, default=None, help=f"learning rate (default: {LR_DEFAULTS['tiny']} tiny, "
+                   f"{LR_DEFAULTS['lora']} LoRA, {LR_DEFAULTS['full']} full fine-tuning of a real model)")
+    g.add_argument("--warmup", type=int, default=5, help="optimizer updates of linear warmup, then constant")
+    g.add_argument("--steps", type=positive_int, default=200, help="GRPO steps (one rollout batch each)")
+    g = groups["run"]
+    g.add_argument("--model", default="tiny", help="start policy: the cold-start model directory, or a hub id")
+    g.add_argument("--data", default="demo:train", help="training turn samples: APIGen-MT-5k file or demo split")
+    g.add_argument("--log-rollouts", type=int, default=0, metavar="N", help="write every group of steps 1, N + 1, "
                    "2N + 1, ... to OUT/rollouts.jsonl (completions, rewards, advantages; see rollouts.py); 0: never")
+    g = groups["advanced"]
+    g.add_argument("--max-prompt-len", type=positive_int, default=None, help="longer prompts are left out of "
+                   "training " + scale_help(SCALE_DEFAULTS, "max_prompt_len"))
+    g.add_argument("--rollout-batch", type=positive_int, default=None, help="rows (completions) generated at once: "
+                   "bounds the KV cache whatever B x G is " + scale_help(SCALE_DEFAULTS, "rollout_batch"))
+    g.add_argument("--micro-batch", type=positive_int, default=None, help="sequences per forward/backward in the "
+                   "update " + scale_help(SCALE_DEFAULTS, "micro_batch"))
     args = p.parse_args(argv)
     if args.refill and args.keep_zero_variance:
         p.error("--refill trains on informative groups only; it cannot --keep-zero-variance")
@@ -362,7 +606,7 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
     samples, prompts = load_prompts(args, tokenizer, thinking)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.steps, min_ratio=1.0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup(args.warmup))
     evaluator = held_out_evaluator(args, tokenizer, thinking)
     generator = torch.Generator(device=args.device)
     for step in range(run.start(args.steps, model, tokenizer, optimizer, scheduler, evaluator), args.steps):
@@ -379,153 +623,6 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
         if run.end_step(step + 1, record):
             break
     return run.finish()
-
-
-def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], first: int,
-            generator: torch.Generator, args, thinking: bool, weights: RewardWeights
-            ) -> tuple[Generation, list[dict], list[TurnSample]]:
-    """G sampled completions of this rank's share of the B prompts from `first` on, scored (score_rollout); the
-    noise of all B x G rows is drawn and each rank keeps its rows' (sampling.py: what one process would sample)."""
-    B, G = args.prompts_per_step, args.group_size
-    noise = sampling_noise(B * G, args.max_new_tokens, generator)[parallel.share(B * G)]
-    mine = parallel.share(B)
-    samples, prompts = samples[first + mine.start:first + mine.stop], prompts[first + mine.start:first + mine.stop]
-    model.eval()
-    with autocast(args.precision, next(model.parameters()).device):
-        gen = generate(model, prompts, eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id,
-                       group_size=G, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       top_p=args.top_p, noise=noise.to(next(model.parameters()).device),
-                       rollout_batch=args.rollout_batch)
-    return gen, score_rollout(tokenizer, gen, samples, G, thinking, weights), samples
-
-
-def draw_groups(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], generator: torch.Generator,
-                args, thinking: bool, weights: RewardWeights
-                ) -> tuple[Generation, list[dict], list[TurnSample], torch.Tensor]:
-    """The step's groups on this rank, scored, and which of them the update trains on ([groups] bool).
-
-    Without --refill: the first B prompts of the draw; the informative groups are trained on (all of them under
-    --keep-zero-variance). With --refill (DAPO's dynamic sampling): B more prompts at a time until the *global*
-    batch holds B informative groups or the draw is spent, and the first B informative groups in the draw's order
-    are trained on: the decision and the choice are those of one process, whatever the number of ranks."""
-    B, G = args.prompts_per_step, args.group_size
-    gen, scored, mine = rollout(model, tokenizer, samples, prompts, 0, generator, args, thinking, weights)
-    drawn = B
-    while (args.refill and drawn < len(samples)
-           and parallel.all_sum(int(informative(group_totals(scored, G)).sum())) < B):
-        more_gen, more_scored, more = rollout(model, tokenizer, samples, prompts, drawn, generator, args, thinking,
-                                              weights)
-        gen, scored, mine = concatenate([gen, more_gen], tokenizer.pad_token_id), scored + more_scored, mine + more
-        drawn += B
-    useful = informative(group_totals(scored, G))
-    if args.refill:
-        return gen, scored, mine, first_in_draw_order(useful, B)
-    return gen, scored, mine, torch.ones_like(useful) if args.keep_zero_variance else useful
-
-
-def in_draw_order(items: list, B: int) -> list:
-    """Every rank's per-group items, gathered in the global draw's order. rollout shares each draw of B prompts out
-    in rank order (parallel.share), so the global order runs draw by draw, and within a draw rank by rank."""
-    share, n = B // parallel.world(), len(items)   # every rank holds n groups: the same draws
-    everyone = parallel.gather(items)
-    by_rank = [everyone[r * n:(r + 1) * n] for r in range(parallel.world())]
-    return [x for d in range(0, n, share) for part in by_rank for x in part[d:d + share]]
-
-
-def first_in_draw_order(useful: torch.Tensor, B: int) -> torch.Tensor:
-    """This rank's share of the first B True groups of the global draw (see in_draw_order): local group d x share + j
-    is global group d x B + rank x share + j."""
-    share = B // parallel.world()
-    flags = torch.tensor(in_draw_order(useful.tolist(), B), dtype=torch.bool)
-    first = flags & (flags.cumsum(0) <= B)
-    local = torch.arange(len(useful))
-    return first[local // share * B + parallel.rank() * share + local % share]
-
-
-def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, samples: list[TurnSample],
-              prompts: list[list[int]], generator: torch.Generator, args, thinking: bool, weights: RewardWeights,
-              log_groups: bool = False) -> dict:
-    """One GRPO step: rollout, rewards, advantages, reference log-probs, policy update(s). samples / prompts are
-    the step's draw: B of them, or with --refill up to refill_cap x B, taken B at a time until B groups are
-    informative (DAPO's dynamic sampling). Under torchrun each rank takes its share of every B (whole groups) and
-    the normalisers and the gradient are summed over the ranks (parallel.py). log_groups adds the step's groups, as
-    the rollout log records them, under "groups"."""
-    B, G, T = args.prompts_per_step, args.group_size, args.temperature
-    device = next(model.parameters()).device
-    t0 = time.perf_counter()
-    gen, scored, mine, trained = draw_groups(model, tokenizer, samples, prompts, generator, args, thinking, weights)
-    totals = group_totals(scored, G)
-    all_advantages = group_advantages(totals, scale_std=not args.no_std_scale).view(-1).to(device)
-    t_rollout = time.perf_counter()
-
-    # The sequences: prompt, then completion (nothing after its EOS is attended or scored), in micro-batches of
-    # similar length (micro_batches), of the groups draw_groups keeps: a group whose completions all scored the same
-    # has A = 0 and teaches nothing, and as in DAPO's dynamic sampling it is left out of the reference and update
-    # passes; the loss normalisers count every row drawn, or under --refill the rows of the B groups kept (the batch).
-    rows = trained.repeat_interleave(G).nonzero().squeeze(-1)
-    batches = micro_batches(gen, rows, all_advantages, args.micro_batch, device)
-    n_tok = int(parallel.all_sum(int(gen.completion_mask[rows].sum())))   # every count is of the global batch
-    n_all_seq, n_all_tok = (int(parallel.all_sum(len(rows))), n_tok) if args.refill else \
-        (len(scored) * parallel.world(), int(parallel.all_sum(int(gen.completion_mask.sum()))))
-    with torch.no_grad(), autocast(args.precision, device):
-        ref_logp = [None] * len(batches)
-        if args.beta > 0 and batches:
-            with reference_context(model, frozen_ref) as ref_model:
-                ref_logp = [token_logprobs(ref_model, b.input_ids, b.attention, b.mask, T) for b in batches]
-        old_logp = [token_logprobs(model, b.input_ids, b.attention, b.mask, T) for b in batches] \
-            if args.num_iterations > 1 else [None] * len(batches)   # mu > 1: the policy that sampled, computed once
-    t_ref = time.perf_counter()
-
-    model.train()
-    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
-    finite, grad_norm = True, 0.0
-    for _ in range(args.num_iterations if parallel.any_rank(bool(batches)) else 0):   # no update without a row
-        sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
-        for b, ref, old in zip(batches, ref_logp, old_logp):
-            with autocast(args.precision, device):
-                logp = token_logprobs(model, b.input_ids, b.attention, b.mask, T)
-            old = logp.detach() if old is None else old   # mu = 1: ratio 1, gradient intact
-            per_token, kl, clipped = clipped_policy_loss(logp, old, ref, b.advantages, args.beta, args.eps_low,
-                                                         args.eps_high)
-            loss = aggregate_loss(per_token, b.mask, args.loss_agg, n_all_seq, n_all_tok, args.max_new_tokens)
-            loss.backward()
-            sums["loss"] += loss.item()
-            sums["kl"] += float((kl.detach() * b.mask).sum())
-            sums["clipped"] += float((clipped.float() * b.mask).sum())
-        sums = {k: parallel.all_sum(v) for k, v in sums.items()}   # of the whole batch: the loss, token sums
-        stats["loss"] += sums["loss"] / args.num_iterations
-        stats["kl"] += sums["kl"] / max(n_tok, 1) / args.num_iterations
-        stats["clipped"] += sums["clipped"] / max(n_tok, 1) / args.num_iterations
-        grad_norm, finite = optimizer_step(optimizer, scheduler, params, args.clip, sums["loss"])
-        if not finite:
-            break
-    t_update = time.perf_counter()
-
-    everyone = parallel.gather(scored)   # the step's completions over all ranks, whole groups
-    all_totals = group_totals(everyone, G)
-    record = {
-        "reward": {"total": float(all_totals.mean()), "std": float(all_totals.std(unbiased=False)),
-                   **{k: mean_of(everyone, k) for k in COMPONENTS}},
-        "zero_variance_groups": 1.0 - float(informative(all_totals).float().mean()),
-        "prompts_drawn": int(parallel.all_sum(len(mine))),
-        "decision": decision_confusion(everyone), "parse_failure": 1.0 - mean_of(everyone, "well_formed"),
-        "separated_by": separated_by(everyone, G),
-        "loss": stats["loss"], "kl": stats["kl"], "clip_fraction": stats["clipped"],
-        "grad_norm": grad_norm, "finite": finite,
-        "completion_len": mean_of(everyone, "tokens"), "truncated": mean_of(everyone, "truncated"),
-        "reasoning_words": mean_of(everyone, "reasoning_words"),
-        "seconds": {"rollout": t_rollout - t0, "reference": t_ref - t_rollout, "update": t_update - t_ref,
-                    "total": t_update - t0},
-        "tokens_per_s": parallel.all_sum(float(gen.prompt_mask.sum() + gen.completion_mask.sum())) / (t_update - t0),
-    }
-    if log_groups:   # every rank takes this branch alike (a collective inside)
-        record["groups"] = in_draw_order(rollout_groups(mine, scored, all_advantages, trained, G), B)
-    return record
-
-
-def group_totals(scored: list[dict], group_size: int) -> torch.Tensor:
-    """[groups, G] total rewards."""
-    return torch.tensor([r["total"] for r in scored], dtype=torch.float32).view(-1, group_size)
 
 
 def load_prompts(args, tokenizer, thinking: bool) -> tuple[list[TurnSample], list[list[int]]]:

@@ -30,9 +30,10 @@ else                          # the demo world: retail train / held-out / cold s
     DEMO=data/demo
     stage data       python data.py demo --out $DEMO
     TRAIN=$DEMO/retail_train.json COLD=$DEMO/retail_cold_start.json TEST=$DEMO/retail_test.json
-    SFT_FLAGS=${SFT_FLAGS-"--epochs 3 --max-minutes 5"}
+    # every stage bounded by steps or epochs, never by wall time: the same seed and thread count give the same table
+    SFT_FLAGS=${SFT_FLAGS-"--max-steps 1000"}
     COLD_FLAGS=${COLD_FLAGS-"--epochs 25 --batch-size 8 --warmup 5"}
-    GRPO_FLAGS=${GRPO_FLAGS-"--steps 400 --max-minutes 5"}
+    GRPO_FLAGS=${GRPO_FLAGS-"--steps 70"}
 fi
 EVAL_FLAGS=${EVAL_FLAGS-}
 

@@ -58,29 +58,49 @@ def resume_args(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), **saved, "resume": args.resume, "out": args.resume})
 
 
-def add_run_arguments(p: argparse.ArgumentParser, out: str, save_every: int) -> None:
-    """The flags every training stage shares: where the run goes, how the model is adapted, the budget and
-    cadences, the device and seed. Each stage adds its own algorithm's flags beside them."""
-    g = p.add_argument_group("run")
-    g.add_argument("--out", default=out, help="output directory (a valid --model when done)")
-    g.add_argument("--resume", metavar="OUT", help="continue the run whose --out was OUT from its last checkpoint")
-    g.add_argument("--lora-rank", type=int, default=None, help="LoRA rank; 0 = full fine-tuning "
-                   "(default: 0 for tiny models, 16 otherwise)")
-    g.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale alpha (the update is alpha/r BA)")
-    g.add_argument("--lora-dropout", type=float, default=0.0)
-    g.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
-    g.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much training time")
-    g.add_argument("--eval-data", help="held-out turn samples, evaluated at step 0, every --eval-every steps "
-                   "and at the end")
-    g.add_argument("--eval-every", type=int, default=0)
-    g.add_argument("--eval-limit", type=int, default=200, help="held-out samples per evaluation")
-    g.add_argument("--save-every", type=int, default=save_every, help="checkpoint every N optimizer steps")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--precision", choices=PRECISIONS, default="auto", help="compute precision of every forward "
-                   "pass (autocast); weights stay fp32 (auto: bf16 on a GPU, fp32 on the CPU)")
-    g.add_argument("--grad-checkpointing", choices=["auto", "on", "off"], default="auto", help="recompute each "
-                   "decoder layer's activations in backward instead of keeping them (auto: on on a GPU)")
-    g.add_argument("--seed", type=int, default=0)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with every flag's default; a flag whose default depends on the model's scale (None until
+    resolve_defaults fills it) says both in its own help (scale_help)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def scale_help(table: dict[str, tuple], flag: str) -> str:
+    """'(default: <tiny> tiny, <real> real)' for a flag of a stage's SCALE_DEFAULTS."""
+    tiny, real = table[flag]
+    return f"(default: {tiny} tiny, {real} real)"
+
+
+def add_run_arguments(p: argparse.ArgumentParser, out: str, save_every: int) -> dict[str, argparse._ArgumentGroup]:
+    """The flags every training stage shares, in three groups a stage adds its own flags to: optimisation (LoRA,
+    gradient clipping), run (where the run goes, its budget and cadences, evaluation, the seed) and advanced (the
+    device, precision and checkpointing). Returns the groups by name."""
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--lora-rank", type=int, default=None, help="LoRA rank; 0 = full fine-tuning (default: 0 tiny, "
+                     "16 real)")
+    opt.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale alpha (the update is alpha/r BA)")
+    opt.add_argument("--lora-dropout", type=float, default=0.0)
+    opt.add_argument("--max-grad-norm", "--clip", dest="max_grad_norm", type=float, default=1.0,
+                     help="clip the gradient to this global L2 norm (--clip: the same flag)")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", default=out, help="output directory (a valid --model when done)")
+    run.add_argument("--resume", metavar="OUT", help="continue the run whose --out was OUT from its last checkpoint")
+    run.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much training time "
+                     "(the result then depends on the machine's speed and load: a step budget reproduces)")
+    run.add_argument("--eval-data", help="held-out turn samples, evaluated at step 0, every --eval-every steps and at "
+                     "the end")
+    run.add_argument("--eval-every", type=int, default=0)
+    run.add_argument("--eval-limit", type=int, default=200, help="held-out samples per evaluation")
+    run.add_argument("--save-every", type=int, default=save_every, help="checkpoint every N optimizer steps")
+    run.add_argument("--seed", type=int, default=0)
+    advanced = p.add_argument_group("advanced")
+    advanced.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    advanced.add_argument("--precision", choices=PRECISIONS, default="auto", help="compute precision of every forward "
+                          "pass (autocast); weights stay fp32 (auto: bf16 on a GPU, fp32 on the CPU)")
+    advanced.add_argument("--grad-checkpointing", choices=["auto", "on", "off"], default="auto", help="recompute "
+                          "each decoder layer's activations in backward instead of keeping them (auto: on on a GPU)")
+    return {"optimisation": opt, "run": run, "advanced": advanced}
 
 
 def scale_defaults(args: argparse.Namespace, table: dict[str, tuple]) -> dict[str, object]:
@@ -127,6 +147,11 @@ def load_for_training(args: argparse.Namespace):
     return model, tokenizer
 
 
+def linear_warmup(warmup: int) -> Callable[[int], float]:
+    """lr multiplier: linear 0 -> 1 over `warmup` optimizer updates, then constant 1."""
+    return lambda step: (step + 1) / warmup if step < warmup else 1.0
+
+
 def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.1) -> Callable[[int], float]:
     """lr multiplier: linear 0 -> 1 over `warmup` steps, then cosine 1 -> min_ratio at `total`."""
     def factor(step: int) -> float:
@@ -137,14 +162,14 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.1) -> Callable[[
     return factor
 
 
-def optimizer_step(optimizer, scheduler, params: list[torch.nn.Parameter], clip: float, loss: float
+def optimizer_step(optimizer, scheduler, params: list[torch.nn.Parameter], max_grad_norm: float, loss: float
                    ) -> tuple[float, bool]:
-    """Sum the accumulated gradient over the ranks (parallel.py; nothing in one process), clip it to norm `clip`
+    """Sum the accumulated gradient over the ranks (parallel.py; nothing in one process), clip it to max_grad_norm
     and take the step, unless the loss (of the whole batch) or the gradient is not finite: then the update is
     dropped (the weights stay good) and the caller's record says finite=False. Returns (gradient norm before
     clipping, finite)."""
     parallel.sum_gradients(params)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
     if finite:
         optimizer.step()

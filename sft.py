@@ -45,7 +45,8 @@ from data import (MAX_COLD_START_TURNS, DataError, TurnSample, convert_record, l
 from eval import held_out_evaluator
 from model import autocast, load, trained_as
 from pretrain_worlds import pretrain_stream
-from runs import Run, add_run_arguments, load_for_training, optimizer_step, resolve_defaults, resume_args, warmup_cosine
+from runs import (HelpFormatter, Run, add_run_arguments, load_for_training, optimizer_step, resolve_defaults,
+                  resume_args, scale_help, warmup_cosine)
 
 IGNORE = -100
 PRETRAIN_STREAM = "demo:pretrain-stream"
@@ -143,9 +144,10 @@ def masked_token_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 
 def sft_step(model, optimizer, scheduler, params: list[torch.nn.Parameter], batches: list[dict[str, torch.Tensor]],
-             clip: float, precision: str) -> dict:
+             max_grad_norm: float, precision: str) -> dict:
     """One optimizer update over the micro-batches of a step (gradient accumulation): the loss is the mean NLL
-    over every supervised token of all of them, so accumulation equals one big batch; then clip and step.
+    over every supervised token of all of them, so accumulation equals one big batch; then clip the gradient to
+    max_grad_norm and step.
     Under torchrun each rank backpropagates micro-batches rank, rank + world, ... (parallel.py) with the same
     normaliser, the token count of all of them, and optimizer_step sums the gradients: the update of one process."""
     t0 = time.perf_counter()
@@ -159,7 +161,7 @@ def sft_step(model, optimizer, scheduler, params: list[torch.nn.Parameter], batc
         loss_sum += nll.item()
     loss_sum = parallel.all_sum(loss_sum)
     lr = scheduler.get_last_lr()[0]
-    grad_norm, finite = optimizer_step(optimizer, scheduler, params, clip, loss_sum)
+    grad_norm, finite = optimizer_step(optimizer, scheduler, params, max_grad_norm, loss_sum)
     seen = sum(int(b["attention_mask"].sum()) for b in batches)
     return {"loss": loss_sum / n_tokens, "grad_norm": grad_norm, "lr": lr,
             "tokens_per_s": seen / (time.perf_counter() - t0), "finite": finite}
@@ -260,35 +262,37 @@ class BatchSource:
 # ----------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Base SFT, cold-start reasoning SFT, or pretraining (loss on all tokens).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_run_arguments(p, out="runs/sft", save_every=200)
-    p.add_argument("--mode", choices=["base", "cold-start", "pretrain"], default="base")
-    p.add_argument("--model", default="tiny", help="tiny, tiny-random, a model directory or a hub id")
-    p.add_argument("--data", help=f"APIGen-MT-5k file (JSON / JSONL), a demo split (demo:train, demo:cold_start), "
-                   f"or for pretrain {PRETRAIN_STREAM} (default: the demo split of the mode)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: LR_DEFAULTS, 2e-4 LoRA, 1e-3 "
-                   "tiny full fine-tuning, 1e-5 full fine-tuning of real models)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch (SCALE_DEFAULTS: 16 tiny, "
-                   "4 real)")
-    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (SCALE_DEFAULTS: 1 "
-                   "tiny, 8 real)")
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over a finite data file")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs; "
-                   "required for the pretraining stream)")
-    p.add_argument("--schedule-steps", type=int, default=None, help="length of the warmup + cosine schedule, when "
-                   "it differs from the steps run (to reproduce a run that --max-minutes stopped early)")
-    p.add_argument("--warmup", type=int, default=20, help="linear warmup steps before the cosine decay")
-    p.add_argument("--max-len", type=int, default=None, help="tokens per sequence; longer samples are skipped, with a "
-                   "count (SCALE_DEFAULTS: 1024 tiny, 4096 real)")
-    p.add_argument("--allow-large-cold-start", action="store_true")
-    p.add_argument("--replay-ratio", type=float, default=3.0, help="cold start: no-thinking base SFT samples "
-                   "mixed into each epoch per reasoning sample, against forgetting the action policy; 0 = none")
-    p.add_argument("--replay-data", help="cold start: the base SFT data to replay (default: the data of the base "
-                   "SFT run that produced --model, from its args.json)")
-    p.add_argument("--skip-bad", action="store_true", help="skip invalid records instead of failing")
-    p.add_argument("--inspect", type=int, metavar="N", default=0,
-                   help="print N rendered samples with the supervised span marked, then exit")
+                                formatter_class=HelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--mode", choices=["base", "cold-start", "pretrain"], default="base")
+    data.add_argument("--data", help=f"APIGen-MT-5k file (JSON / JSONL), a demo split (demo:train, demo:cold_start), "
+                      f"or for pretrain {PRETRAIN_STREAM} (default: the demo split of the mode)")
+    data.add_argument("--max-len", type=int, default=None, help="tokens per sequence; longer samples are skipped, "
+                      f"with a count {scale_help(SCALE_DEFAULTS, 'max_len')}")
+    data.add_argument("--allow-large-cold-start", action="store_true")
+    data.add_argument("--replay-ratio", type=float, default=3.0, help="cold start: no-thinking base SFT samples "
+                      "mixed into each epoch per reasoning sample, against forgetting the action policy; 0 = none")
+    data.add_argument("--replay-data", help="cold start: the base SFT data to replay (default: the data of the base "
+                      "SFT run that produced --model, from its args.json)")
+    data.add_argument("--skip-bad", action="store_true", help="skip invalid records instead of failing")
+    data.add_argument("--inspect", type=int, metavar="N", default=0,
+                      help="print N rendered samples with the supervised span marked, then exit")
+    groups = add_run_arguments(p, out="runs/sft", save_every=200)
+    opt = groups["optimisation"]
+    opt.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {LR_DEFAULTS['tiny']} "
+                     f"tiny, {LR_DEFAULTS['lora']} LoRA, {LR_DEFAULTS['full']} full fine-tuning of a real model)")
+    opt.add_argument("--weight-decay", type=float, default=0.0)
+    opt.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch "
+                     + scale_help(SCALE_DEFAULTS, "batch_size"))
+    opt.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step "
+                     + scale_help(SCALE_DEFAULTS, "grad_accum"))
+    opt.add_argument("--epochs", type=float, default=1.0, help="passes over a finite data file")
+    opt.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs; required for "
+                     "the pretraining stream)")
+    opt.add_argument("--schedule-steps", type=int, default=None, help="length of the warmup + cosine schedule, when "
+                     "it differs from the steps run (to reproduce a run that --max-minutes stopped early)")
+    opt.add_argument("--warmup", type=int, default=20, help="linear warmup steps before the cosine decay")
+    groups["run"].add_argument("--model", default="tiny", help="tiny, tiny-random, a model directory or a hub id")
     return resolve_defaults(resume_args(p.parse_args(argv)), SCALE_DEFAULTS, LR_DEFAULTS)
 
 
@@ -321,7 +325,7 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
     for step in range(run.start(total, model, tokenizer, optimizer, scheduler, evaluator), total):
         batches = [collate(source.batch(step * args.grad_accum + m), tokenizer.pad_token_id)
                    for m in range(args.grad_accum)]
-        record = sft_step(model, optimizer, scheduler, params, batches, args.clip, args.precision)
+        record = sft_step(model, optimizer, scheduler, params, batches, args.max_grad_norm, args.precision)
         if run.end_step(step + 1, record):
             break
     return run.finish()

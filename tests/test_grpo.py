@@ -231,9 +231,9 @@ def test_a_special_token_inside_a_completion_is_a_format_error(demo_dir, special
     sample = next(s for s in load_turn_samples(demo_dir / "retail_test.json")[0] if s.target.is_tool_call)
     calls = "\n".join(f"<tool_call>\n{json.dumps(c)}\n</tool_call>" for c in sample.target.tool_calls)
     clean = scored_completion(tok, sample, f"<think>\nLook it up.\n</think>\n\n{calls}")
-    assert clean["format"] == 1.0 and clean["total"] == pytest.approx(1.0)
+    assert clean.reward.format == 1.0 and clean.total == pytest.approx(1.0)
     dirty = scored_completion(tok, sample, f"<think>\nLook it up.\n</think>\n\n{special}{calls}")
-    assert dirty["format"] == 0.0 and dirty["total"] == pytest.approx(0.9) and special in dirty["text"]
+    assert dirty.reward.format == 0.0 and dirty.total == pytest.approx(0.9) and special in dirty.text
 
 
 def test_grpo_refuses_lora_dropout(capsys):

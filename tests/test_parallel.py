@@ -123,7 +123,7 @@ def scripted(tokenizer, gen, samples, group_size, *args):
     for i, r in enumerate(scored):
         s = samples[i // group_size]
         useful = zlib.crc32(f"{{s.conversation_id}}/{{len(s.messages)}}".encode()) % 3 == 0
-        r["total"] = float(i % group_size == 0) if useful else 0.5
+        r.reward.total = float(i % group_size == 0) if useful else 0.5
     return scored
 grpo.score_rollout = scripted
 sys.exit(grpo.main(sys.argv[1:]))

@@ -8,12 +8,15 @@ import torch
 import grpo
 import rollouts
 from grpo import decision_confusion, separated_by
-from rewards import COMPONENTS
+from rewards import COMPONENTS, Reward
+from toolcalls import Parsed
 
 
 def scored(total, did_call, ref_call, terms=None, well_formed=True):
-    return {"total": total, "called_tool": did_call, "ref_tool_call": ref_call, "well_formed": well_formed,
-            "terms": terms or {c: 0.0 for c in COMPONENTS}}
+    calls = [{"name": "f", "arguments": {}}] if did_call else []
+    parsed = Parsed(tool_calls=calls, errors=[] if well_formed else ["invalid JSON in tool call"])
+    return grpo.Score("", parsed, Reward(0.0, 0.0, None, None, 0.0, total), terms or {c: 0.0 for c in COMPONENTS},
+                      False, 1, ref_call)
 
 
 def test_decision_confusion_counts_each_cell():
