@@ -3,15 +3,15 @@
     python grpo.py --model runs/cold --data D/retail_train.json --eval-data D/retail_test.json --out runs/grpo
     python grpo.py --model Qwen/Qwen3-1.7B --data apigen-mt_5k.json --out runs/grpo-1.7b     # one GPU, LoRA
 
-One step (Shao et al. 2024, DeepSeekMath, sec. 4.1; the paper's stage 3):
-  1. take B turn samples; sample G completions for each at temperature T           (sampling.generate)
-  2. score each completion with the composite reward                                (rewards.composite_reward)
+One step (Shao et al. 2024, DeepSeekMath, sec. 4.1; the paper's stage 3), grpo_step's phases in call order:
+  1. take B turn samples; sample G completions for each at temperature T           (draw_groups, sampling.generate)
+  2. score each completion with the composite reward                                (score_rollout, rewards.py)
   3. advantages relative to the group: A_i = (r_i - mean_g r) / (std_g r + eps)     (group_advantages)
-  4. token log-probs of the sampled ids under the policy, the old policy and the
-     reference policy (LoRA disabled, or a frozen copy under full fine-tuning)      (token_logprobs)
+  4. token log-probs of the sampled ids under the old policy and the reference
+     policy (LoRA disabled, or a frozen copy under full fine-tuning)                (old_and_reference_logprobs)
   5. loss = -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) + beta KL_k3,
      rho = exp(logp - logp_old), masked to the completion through its EOS           (clipped_policy_loss, kl_k3)
-  6. aggregate over tokens (grpo / dapo / dr_grpo), backprop, clip, AdamW step      (aggregate_loss)
+  6. aggregate over tokens (grpo / dapo / dr_grpo), backprop, clip, AdamW step      (policy_update, aggregate_loss)
 With --num-iterations 1 the old policy is the current one: logp_old = logp.detach(), so rho = 1 and the
 loss is ~0 while its gradient is -A grad logp (not 0).
 """
@@ -238,20 +238,21 @@ def draw_groups(model, tokenizer, samples: list[TurnSample], prompts: list[list[
     batch holds B informative groups or the draw is spent, and the first B informative groups in the draw's order
     are trained on: the decision and the choice are those of one process, whatever the number of ranks."""
     B, G = args.prompts_per_step, args.group_size
-    gen, scores, mine = rollout(model, tokenizer, samples, prompts, 0, generator, args, thinking, weights)
+    gen, scores, rolled_out = rollout(model, tokenizer, samples, prompts, 0, generator, args, thinking, weights)
     drawn = B
     while (args.refill and drawn < len(samples)
            and parallel.all_sum(int(informative(group_totals(scores, G)).sum())) < B):
         more_gen, more_scores, more = rollout(model, tokenizer, samples, prompts, drawn, generator, args, thinking,
                                               weights)
-        gen, scores, mine = concatenate([gen, more_gen], tokenizer.pad_token_id), scores + more_scores, mine + more
+        gen, scores, rolled_out = (concatenate([gen, more_gen], tokenizer.pad_token_id), scores + more_scores,
+                                    rolled_out + more)
         drawn += B
     useful = informative(group_totals(scores, G))
     if args.refill:
         trained = first_in_draw_order(useful, B)
     else:
         trained = torch.ones_like(useful) if args.keep_zero_variance else useful
-    return Groups(mine, gen, scores, trained, G)
+    return Groups(rolled_out, gen, scores, trained, G)
 
 
 def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], first: int,
@@ -288,8 +289,8 @@ def in_draw_order(items: list, B: int) -> list:
     """Every rank's per-group items, gathered in the global draw's order. rollout shares each draw of B prompts out
     in rank order (parallel.share), so the global order runs draw by draw, and within a draw rank by rank."""
     share, n = B // parallel.world(), len(items)   # every rank holds n groups: the same draws
-    everyone = parallel.gather(items)
-    by_rank = [everyone[r * n:(r + 1) * n] for r in range(parallel.world())]
+    gathered = parallel.gather(items)
+    by_rank = [gathered[r * n:(r + 1) * n] for r in range(parallel.world())]
     return [x for d in range(0, n, share) for part in by_rank for x in part[d:d + share]]
 
 
