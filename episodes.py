@@ -21,7 +21,7 @@ Metrics (tau-bench, Yao et al. 2024), per episode and over tasks:
                           pending, returning one not delivered) is carried out as a careless backend would, and
                           counted as a policy violation: the end state is then wrong
     communicated success  every value the task must report appears in what the agent said (case-insensitive)
-    task success          both
+    task success          both (task_success_ci: its 95% bootstrap interval over tasks, stats.mean_ci)
     pass^k                for a task with c successes in n >= k trials: C(c, k) / C(n, k); the mean over tasks
     turns, tool errors, policy violations: means per episode; and task success per flow
 """
@@ -41,6 +41,7 @@ from pathlib import Path
 
 from cli import run_cli
 from data import Action, DataError, TurnSample, read_records, write_json_atomic
+from stats import mean_ci
 from toolcalls import parse_completion
 from worlds import GREETINGS, RETAIL, THANKS, USER_SAYS, address, pick_order, retail_world
 
@@ -407,6 +408,7 @@ def score(episodes: list[Episode], trials: int, seed: int = 0) -> dict:
     n = len(results)
     row = {"tasks": len(per_task), "trials": trials, "end_state": sum(r[1] for r in results) / n,
            "communicated": sum(r[2] for r in results) / n, "task_success": sum(r[1] and r[2] for r in results) / n}
+    row["task_success_ci"] = list(mean_ci([[c / trials for c in per_task.values()]])[1:])   # 95%, over tasks
     row.update({f"pass^{k}": pass_hat_k(list(per_task.values()), trials, k) for k in range(1, trials + 1)})
     row.update(turns=sum(e.agent_turns for e in episodes) / n, tool_errors=sum(e.tool_errors for e in episodes) / n,
                violations=sum(e.violations for e in episodes) / n, turn_limit=sum(e.ended_by == "turn limit"

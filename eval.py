@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from cli import run_cli
 from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data
-from episodes import load_tasks, run_episodes, score, task_successes, transcript
+from episodes import load_tasks, run_episodes, score, transcript
 from model import PRECISIONS, autocast, eos_ids, is_tiny, load, resolve_precision, special_tokens, trained_as
 from rewards import RewardWeights, action_correct, composite_reward, r_decision, r_format
 from sampling import generate, sampling_noise
@@ -279,9 +279,8 @@ def evaluate_episodes(args, names: list[str], precision: str) -> None:
             episodes = run_episodes(agent, tasks, args.trials, args.turn_limit, args.seed,
                                     progress=lambda done: bar.update(done - bar.n),
                                     special_tokens=special_tokens(tokenizer))
-        per_task = [[n / args.trials for n in task_successes(episodes, args.seed).values()]]
-        rows[name] = {**score(episodes, args.trials, args.seed), "task_success_ci": mean_ci(per_task)[1:],
-                      "thinking": thinking, "seconds": round(time.perf_counter() - t0, 1)}
+        rows[name] = {**score(episodes, args.trials, args.seed), "thinking": thinking,
+                      "seconds": round(time.perf_counter() - t0, 1)}
         for e in episodes[::args.trials][:args.show]:
             print(transcript(e) + "\n")
     print(format_table(rows, EPISODE_COLUMNS))

@@ -28,7 +28,7 @@ from pathlib import Path
 # differ in the last bits (8e-7 in an SFT run's weights); strict conditional numerical reproducibility makes its
 # gemm independent of alignment and thread count at no measured cost, and MKL_DYNAMIC=FALSE stops MKL from
 # changing its thread count between calls. MKL reads both at its first call, so setting them here, on import,
-# holds for every entry point; a value the user exported wins. (AMD CPUs and GPUs are unaffected; docs/.)
+# holds for every entry point; a value the user exported wins. (Measured on Intel only: docs/tests.md.)
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
