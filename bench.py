@@ -70,13 +70,13 @@ def bench_tiny(model_name: str, precision: str) -> None:
                                                 pad_token_id=tok.pad_token_id))
         print(f"generation {label:12s} batch {G} x {n_new} new tokens: sampling.py {G * n_new / ours_s:7.0f} tok/s, "
               f"model.generate {G * n_new / hf_s:7.0f} tok/s   (first sample finished {int(ours.completion_mask[0].sum())} tokens)")
-    batch = collate([Encoded(p, p) for p in prompts], tok.pad_token_id)
+    batch = collate([Encoded(p, p, f"prompt {i}") for i, p in enumerate(prompts)], tok.pad_token_id)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
     seconds = timed(lambda: sft_step(model, opt, constant, params, [batch], max_grad_norm=1.0, precision=precision))
-    print(f"SFT step, batch {len(prompts)} x {batch['input_ids'].shape[1]} tokens: {batch['attention_mask'].sum() / seconds:7.0f} tok/s")
+    print(f"SFT step, batch {len(prompts)} x {len(prompts[0])} tokens: {batch.packed.n_sequence_tokens / seconds:7.0f} tok/s")
     # grpo.py's own defaults: G=8, 96 new tokens, beta 0.04, ...
     args = grpo.parse_args(["--model", model_name, "--precision", precision, "--device", "cpu"])
     ref = copy.deepcopy(model).eval().requires_grad_(False)
@@ -259,8 +259,9 @@ def measure_phase(phase: str, prompt_len: int, tokenizer_dir: str | None) -> int
     r = SMALL_RECIPE
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1000, 100_000, (prompt_len,), generator=g).tolist() for _ in range(r["prompts"])]
-    seq = torch.randint(1000, 100_000, (r["micro_batch"], prompt_len + r["new_tokens"]), generator=g)
-    attention, completion = torch.ones_like(seq), torch.ones(r["micro_batch"], r["new_tokens"])
+    completions = torch.randint(1000, 100_000, (r["micro_batch"], r["new_tokens"]), generator=g).tolist()
+    rows = grpo.micro_batch([prompts[0]] * r["micro_batch"], completions, [0] * r["micro_batch"],
+                            torch.zeros(r["micro_batch"]), tok.pad_token_id)   # one group's rows: a shared prompt
     Path("/proc/self/clear_refs").write_text("5")   # reset the peak (VmHWM) to the present RSS
     before = rss_bytes("VmRSS")
     with autocast("bf16", device):
@@ -271,10 +272,10 @@ def measure_phase(phase: str, prompt_len: int, tokenizer_dir: str | None) -> int
                      noise=sampling_noise(r["prompts"] * r["group"], r["new_tokens"], g))
         elif phase == "reference":
             with torch.no_grad():
-                grpo.token_logprobs(model, seq, attention, completion, 1.0)
+                grpo.token_logprobs(model, rows, 1.0)
         else:
             model.train()
-            (-grpo.token_logprobs(model, seq, attention, completion, 1.0).mean()).backward()
+            (-grpo.token_logprobs(model, rows, 1.0).mean()).backward()
     return rss_bytes("VmHWM") - before
 
 

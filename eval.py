@@ -119,8 +119,10 @@ def aggregate(results: list[TurnResult]) -> dict[str, float]:
 
 def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, batch_size: int,
                    max_new_tokens: int, precision: str, progress: bool = False, temperature: float = 0.0,
-                   generator: torch.Generator | None = None) -> list[tuple[str, bool]]:
-    """Completions (text, truncated) for each sample, batched by prompt length; greedy unless a temperature."""
+                   generator: torch.Generator | None = None, prefixes: list | None = None) -> list[tuple[str, bool]]:
+    """Completions (text, truncated) for each sample, batched by prompt length; greedy unless a temperature.
+    prefixes: each sample's cached sampling.Prefix (or None), reused where its prompt starts with it, and replaced
+    in place by the sample's own prompt's."""
     prompts = [prompt_ids(tokenizer, s, thinking) for s in samples]
     order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
     outputs: list[tuple[str, bool]] = [("", True)] * len(samples)
@@ -131,9 +133,11 @@ def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, 
         with autocast(precision, device):
             gen = generate(model, [prompts[i] for i in idx], eos_ids=eos_ids(model, tokenizer),
                            pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, temperature=temperature,
-                           noise=noise)
+                           noise=noise, prefixes=None if prefixes is None else [prefixes[i] for i in idx])
         for i, text, truncated in zip(idx, gen.completion_texts(tokenizer), gen.truncated.tolist()):
             outputs[i] = (text, truncated)
+        for i, prefix in zip(idx, gen.prefixes or []):
+            prefixes[i] = prefix
     return outputs
 
 
@@ -175,13 +179,22 @@ def held_out_evaluator(args, tokenizer, thinking: bool) -> Callable | None:
 
 
 def episode_agent(model, tokenizer, thinking: bool, settings: dict, precision: str, temperature: float,
-                  generator: torch.Generator) -> Callable:
-    """episodes.Agent of a model: one sampled completion for each active episode's conversation so far."""
+                  generator: torch.Generator, reuse_cache: bool) -> Callable:
+    """episodes.Agent of a model: one sampled completion for each active episode's conversation so far. With
+    reuse_cache each episode keeps its last prompt's KV cache, and its next prompt, which repeats the conversation
+    so far, computes only what is new (sampling.Prefix)."""
+    cached: dict[int, object] = {}   # id(episode) -> its last prompt's Prefix
+
     def agent(active: list) -> list[str]:
         model.eval()
-        return [text for text, _ in generate_texts(model, tokenizer, [e.context() for e in active], thinking,
-                                                   settings["batch_size"], settings["max_new_tokens"], precision,
-                                                   temperature=temperature, generator=generator)]
+        prefixes = [cached.get(id(e)) for e in active] if reuse_cache else None
+        texts = [text for text, _ in generate_texts(model, tokenizer, [e.context() for e in active], thinking,
+                                                    settings["batch_size"], settings["max_new_tokens"], precision,
+                                                    temperature=temperature, generator=generator, prefixes=prefixes)]
+        if reuse_cache:
+            cached.clear()   # finished episodes' caches go; the active ones' are replaced
+            cached.update((id(e), q) for e, q in zip(active, prefixes))
+        return texts
     return agent
 
 
@@ -221,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turn-limit", type=int, default=12, help="episodes: agent turns before the user gives up")
     p.add_argument("--show", type=int, default=0, metavar="N", help="episodes: print N transcripts per model")
     p.add_argument("--seed", type=int, default=0, help="episodes: tasks and sampling")
+    p.add_argument("--episode-cache", choices=["on", "off", "auto"], default="auto", help="episodes: keep each "
+                   "episode's KV cache between turns and compute only what is new (the same completions); auto = on "
+                   "for a tiny model, off for a real one, whose caches for every episode at once would not fit")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="compute precision (autocast; auto: bf16 on a GPU, fp32 on the CPU)")
@@ -273,7 +289,8 @@ def evaluate_episodes(args, names: list[str], precision: str) -> None:
         model, tokenizer = load(model_name, device=args.device)
         settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
-        agent = episode_agent(model, tokenizer, thinking, settings, precision, args.temperature, generator)
+        reuse = args.episode_cache == "on" or (args.episode_cache == "auto" and is_tiny(model_name))
+        agent = episode_agent(model, tokenizer, thinking, settings, precision, args.temperature, generator, reuse)
         t0 = time.perf_counter()
         with tqdm(total=len(tasks) * args.trials, desc=f"episodes {name}", dynamic_ncols=True) as bar:
             episodes = run_episodes(agent, tasks, args.trials, args.turn_limit, args.seed,

@@ -97,7 +97,8 @@ def evaluate_run(model_dir: str, result_path: Path, samples, tasks, args) -> dic
               "reward": [t.reward for t in turns]}
     if tasks:
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
-        agent = episode_agent(model, tokenizer, thinking, settings, precision, 1.0, generator)
+        agent = episode_agent(model, tokenizer, thinking, settings, precision, 1.0, generator,
+                              reuse_cache=is_tiny(model_dir))
         episodes = run_episodes(agent, tasks, args.trials, 12, args.seed, special_tokens=special_tokens(tokenizer))
         result["metrics"].update({f"episode_{k}": v for k, v in score(episodes, args.trials, args.seed).items()
                                   if isinstance(v, float)})

@@ -8,7 +8,8 @@ One step (Shao et al. 2024, DeepSeekMath, sec. 4.1; the paper's stage 3), grpo_s
   2. score each completion with the composite reward                                (score_rollout, rewards.py)
   3. advantages relative to the group: A_i = (r_i - mean_g r) / (std_g r + eps)     (group_advantages)
   4. token log-probs of the sampled ids under the old policy and the reference
-     policy (LoRA disabled, or a frozen copy under full fine-tuning)                (old_and_reference_logprobs)
+     policy (LoRA disabled, or a frozen copy under full fine-tuning), each group's
+     prompt computed once for its G completions (packing.py)                        (old_and_reference_logprobs)
   5. loss = -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) + beta KL_k3,
      rho = exp(logp - logp_old), masked to the completion through its EOS           (clipped_policy_loss, kl_k3)
   6. aggregate over tokens (grpo / dapo / dr_grpo), backprop, clip, AdamW step      (policy_update, aggregate_loss)
@@ -36,10 +37,11 @@ from data import DataError, TurnSample, action_kind, load_turn_samples, prompt_i
 from eval import held_out_evaluator
 from lora import disable_adapters
 from model import autocast, eos_ids, is_tiny, special_tokens, without_dropout
+from packing import Packed, hidden_states, pack
 from rewards import COMPONENTS, DESIGNS, THINK_BUDGETS, Reward, RewardWeights, composite_reward, paper_terms
 from runs import (HelpFormatter, Run, add_run_arguments, linear_warmup, load_for_training, optimizer_step,
                   resolve_defaults, resume_args, scale_help)
-from sampling import Generation, concatenate, generate, positions, sampling_noise
+from sampling import Generation, concatenate, generate, sampling_noise
 from toolcalls import Parsed, parse_completion
 
 LOSS_AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
@@ -137,27 +139,22 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: to
     return per_token + beta * kl, kl, clipped < unclipped
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
-                   temperature: float, chunk: int = 1024) -> torch.Tensor:
-    """log pi(o_t | q, o_<t) of the sampled completion ids, [N, W] for a completion_mask [N, W] (0 where it is 0).
+def token_logprobs(model, b: "MicroBatch", temperature: float, chunk: int = 1024) -> torch.Tensor:
+    """log pi(o_t | q, o_<t) of the sampled completion ids, [n, w] like b.mask (0 where it is 0).
 
-    input_ids ends with the W completion columns. One forward with the attention mask and position ids of the
-    left-padded batch; only the hidden states that predict real completion tokens (completion_mask) go through the
-    LM head, `chunk` tokens at a time, as logits / T (the distribution the tokens were sampled from);
-    log_softmax(z)[y] = z[y] - logsumexp(z), never a full [N, T, V] log_softmax.
+    One forward of the micro-batch's prefix-tree rows (packing.py: a group's prompt once, each completion after
+    it); only the hidden states that predict real completion tokens go through the LM head, `chunk` tokens at a
+    time, as logits / T (the distribution the tokens were sampled from); log_softmax(z)[y] = z[y] - logsumexp(z),
+    never a full [N, T, V] log_softmax.
     """
-    width = completion_mask.shape[1]
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=positions(attention_mask), use_cache=False).last_hidden_state
-    real = completion_mask.bool()
-    hidden = hidden[:, -width - 1:-1][real]             # position t predicts token t + 1: [real tokens, H]
-    targets = input_ids[:, -width:][real]
+    hidden = hidden_states(model, b.packed)[b.predictors]   # [real completion tokens, H], row-major like b.mask
     head = model.get_output_embeddings()
     out = [hidden.new_zeros(0, dtype=torch.float32)]
-    for k in range(0, len(targets), chunk):
+    for k in range(0, len(b.targets), chunk):
         logits = head(hidden[k:k + chunk]).float().div_(temperature)   # in place: one fp32 copy, not two
-        out.append(logits.gather(-1, targets[k:k + chunk, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1))
-    return torch.zeros(real.shape, dtype=torch.float32, device=hidden.device).masked_scatter(real, torch.cat(out))
+        out.append(logits.gather(-1, b.targets[k:k + chunk, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1))
+    return torch.zeros(b.mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(b.mask.bool(),
+                                                                                              torch.cat(out))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,7 +172,7 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
     groups = draw_groups(model, tokenizer, samples, prompts, generator, args, thinking, weights)           # 1, 2
     advantages = group_advantages(groups.totals(), scale_std=not args.no_std_scale).view(-1).to(device)   # 3
     clock.append(time.perf_counter())
-    batch = training_batch(groups, advantages, args, device)
+    batch = training_batch(groups, advantages, args, tokenizer.pad_token_id, device)
     old_logp, ref_logp = old_and_reference_logprobs(model, frozen_ref, batch, args)                       # 4
     clock.append(time.perf_counter())
     update = policy_update(model, optimizer, scheduler, params, batch, old_logp, ref_logp, args)         # 5, 6
@@ -309,10 +306,15 @@ def first_in_draw_order(useful: torch.Tensor, B: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class MicroBatch:
-    input_ids: torch.Tensor    # [n, p + w]: prompts left-padded to this micro-batch's longest, completions after them
-    attention: torch.Tensor    # [n, p + w]
+    packed: Packed             # prompt + completion of each row; a group's rows in one prefix-tree row (packing.py)
+    predictors: torch.Tensor   # [real completion tokens]: flat index of the node that predicts each, row-major
+    targets: torch.Tensor      # [real completion tokens]: the sampled ids
     mask: torch.Tensor         # [n, w] float: 1 on real completion tokens (through EOS)
     advantages: torch.Tensor   # [n]
+
+    def to(self, device) -> "MicroBatch":
+        return MicroBatch(self.packed.to(device), self.predictors.to(device), self.targets.to(device),
+                          self.mask.to(device), self.advantages.to(device))
 
 
 @dataclass
@@ -324,7 +326,7 @@ class Batch:
     n_trained_tokens: int      # completion tokens of the rows trained on (kl and clip_fraction are per such token)
 
 
-def training_batch(groups: Groups, advantages: torch.Tensor, args, device) -> Batch:
+def training_batch(groups: Groups, advantages: torch.Tensor, args, pad_id: int, device) -> Batch:
     """The trained groups' rows in micro-batches of similar length, and the normalisers summed over the ranks.
 
     A group whose completions all scored the same has A = 0 and teaches nothing: as in DAPO's dynamic sampling it is
@@ -338,30 +340,42 @@ def training_batch(groups: Groups, advantages: torch.Tensor, args, device) -> Ba
         n_sequences, n_tokens = int(parallel.all_sum(len(rows))), n_trained_tokens
     else:
         n_sequences, n_tokens = int(parallel.all_sum(len(groups.scores))), int(parallel.all_sum(int(mask.sum())))
-    return Batch(micro_batches(groups.gen, rows, advantages, args.micro_batch, device), n_sequences, n_tokens,
-                 n_trained_tokens)
+    return Batch(micro_batches(groups.gen, rows, advantages, args.micro_batch, groups.group_size, pad_id, device,
+                               share=not args.no_shared_prefix), n_sequences, n_tokens, n_trained_tokens)
 
 
-def micro_batches(gen: Generation, rows: torch.Tensor, advantages: torch.Tensor, size: int, device) -> list[MicroBatch]:
-    """The update's rows in micro-batches of similar length, each as wide as its own longest prompt and completion.
-
-    Rows are sorted by (prompt length, completion length), so the G rows of a group (one prompt) sit together, and
-    cut every `size` rows. A short row pays for the padding of its micro-batch only, not for the longest prompt plus
-    the longest completion of the whole step; with the LM head on real tokens only (token_logprobs), the result is
-    that of the padded batch (tests/test_grpo.py).
+def micro_batches(gen: Generation, rows: torch.Tensor, advantages: torch.Tensor, size: int, group_size: int,
+                  pad_id: int, device, share: bool = True) -> list[MicroBatch]:
+    """The update's rows in micro-batches of `size` rows, sorted by (prompt length, group, completion length), so
+    the G rows of a group sit together and share their prompt's packed row (micro_batch): each group's prompt is
+    computed once, not G times, and no row pays for another's padding. The loss and gradient are those of the
+    padded batch (tests/test_grpo.py).
     """
     prompt_len, completion_len = gen.prompt_mask.sum(1).tolist(), gen.completion_mask.sum(1).tolist()
-    order = sorted(rows.tolist(), key=lambda r: (prompt_len[r], completion_len[r]))
+    order = sorted(rows.tolist(), key=lambda r: (prompt_len[r], r // group_size, completion_len[r]))
     batches = []
     for k in range(0, len(order), size):
         chunk = order[k:k + size]
-        idx = torch.tensor(chunk)
-        p, w = max(prompt_len[r] for r in chunk), max(completion_len[r] for r in chunk)
-        batches.append(MicroBatch(
-            torch.cat([gen.prompt_ids[idx, -p:], gen.completion_ids[idx, :w]], 1).to(device),
-            torch.cat([gen.prompt_mask[idx, -p:], gen.completion_mask[idx, :w]], 1).to(device),
-            gen.completion_mask[idx, :w].float().to(device), advantages[idx.to(advantages.device)]))
+        batches.append(micro_batch(
+            [gen.prompt_ids[r, gen.prompt_ids.shape[1] - prompt_len[r]:].tolist() for r in chunk],
+            [gen.completion_ids[r, :completion_len[r]].tolist() for r in chunk], [r // group_size for r in chunk],
+            advantages[torch.tensor(chunk, device=advantages.device)], pad_id, share).to(device))
     return batches
+
+
+def micro_batch(prompts: list[list[int]], completions: list[list[int]], groups: list[int], advantages: torch.Tensor,
+                pad_id: int, share: bool = True) -> MicroBatch:
+    """Rows (prompt, completion) as one MicroBatch: the rows of one group (same `groups` label, hence the same prompt)
+    share a packed row and its prompt tokens; share=False gives each row its own (a padded batch)."""
+    members = [[i for i, g in enumerate(groups) if g == label] for label in dict.fromkeys(groups)] if share \
+        else [[i] for i in range(len(prompts))]
+    packed = pack([[prompts[i] + completions[i] for i in m] for m in members], pad_id)
+    nodes = dict(zip((i for m in members for i in m), packed.nodes))
+    predictors = [nodes[i][len(prompts[i]) - 1 + t] for i in range(len(prompts)) for t in range(len(completions[i]))]
+    width = max(len(c) for c in completions)
+    mask = torch.tensor([[1.0] * len(c) + [0.0] * (width - len(c)) for c in completions])
+    return MicroBatch(packed, torch.tensor(predictors, dtype=torch.long),
+                      torch.tensor([t for c in completions for t in c], dtype=torch.long), mask, advantages)
 
 
 @torch.no_grad()
@@ -375,9 +389,8 @@ def old_and_reference_logprobs(model, frozen_ref, batch: Batch, args) -> tuple[l
         ref_logp = none
         if args.beta > 0 and batch.micro:
             with reference_context(model, frozen_ref) as ref_model:
-                ref_logp = [token_logprobs(ref_model, b.input_ids, b.attention, b.mask, args.temperature)
-                            for b in batch.micro]
-        old_logp = [token_logprobs(model, b.input_ids, b.attention, b.mask, args.temperature) for b in batch.micro] \
+                ref_logp = [token_logprobs(ref_model, b, args.temperature) for b in batch.micro]
+        old_logp = [token_logprobs(model, b, args.temperature) for b in batch.micro] \
             if args.num_iterations > 1 else none
     return old_logp, ref_logp
 
@@ -410,7 +423,7 @@ def policy_update(model, optimizer, scheduler, params, batch: Batch, old_logp: l
         loss, kl, clipped = 0.0, 0.0, 0.0
         for b, ref, old in zip(batch.micro, ref_logp, old_logp):
             with autocast(args.precision, device):
-                logp = token_logprobs(model, b.input_ids, b.attention, b.mask, args.temperature)
+                logp = token_logprobs(model, b, args.temperature)
             old = logp.detach() if old is None else old   # mu = 1: ratio 1, gradient intact
             per_token, k3, was_clipped = clipped_policy_loss(logp, old, ref, b.advantages, args.beta, args.eps_low,
                                                              args.eps_high)
@@ -582,6 +595,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "bounds the KV cache whatever B x G is " + scale_help(SCALE_DEFAULTS, "rollout_batch"))
     g.add_argument("--micro-batch", type=positive_int, default=None, help="sequences per forward/backward in the "
                    "update " + scale_help(SCALE_DEFAULTS, "micro_batch"))
+    g.add_argument("--no-shared-prefix", action="store_true", help="compute a group's prompt once per completion "
+                   "in the update and reference passes, as padded rows do (packing.py), for comparison")
     args = p.parse_args(argv)
     if args.refill and args.keep_zero_variance:
         p.error("--refill trains on informative groups only; it cannot --keep-zero-variance")

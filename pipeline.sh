@@ -31,7 +31,7 @@ else                          # the demo world: retail train / held-out / cold s
     stage data       python data.py demo --out $DEMO
     TRAIN=$DEMO/retail_train.json COLD=$DEMO/retail_cold_start.json TEST=$DEMO/retail_test.json
     # every stage bounded by steps or epochs, never by wall time: the same seed and thread count give the same table
-    SFT_FLAGS=${SFT_FLAGS-"--max-steps 1000"}
+    SFT_FLAGS=${SFT_FLAGS-"--max-steps 1200"}
     COLD_FLAGS=${COLD_FLAGS-"--epochs 25 --batch-size 8 --warmup 5"}
     GRPO_FLAGS=${GRPO_FLAGS-"--steps 70"}
 fi

@@ -8,7 +8,8 @@ Each sequence stops at its first EOS; completions keep their sampled token ids (
 with a mask that covers the tokens up to and including that EOS. Sampling reads one uniform number per row and
 position (sampling_noise) through the inverse CDF, so a row's completion depends on its prompt and its noise only,
 not on which rows share its batch: a chunked rollout, or the ranks of a distributed run (parallel.py) each holding
-a share of the groups, sample what one batch would.
+a share of the groups, sample what one batch would. The KV cache is written in place (PreallocatedLayer), and a
+prompt that starts with a cached Prefix (an episode's next turn) computes only the rest of its prompt.
 """
 
 from __future__ import annotations
@@ -17,6 +18,29 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+@dataclass
+class Prefix:
+    """A prompt's KV cache, kept to serve a later prompt that starts with the same tokens (an episode's next turn
+    repeats its conversation so far): per layer, keys and values [kv heads, len(ids), head dim]."""
+    ids: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
+def reusable(prompt: list[int], prefix: Prefix | None) -> int:
+    """How many leading tokens of `prompt` a cached prefix serves: their common prefix, less at least the prompt's
+    last token (its forward gives the next-token logits)."""
+    if prefix is None:
+        return 0
+    n = 0
+    for a, b in zip(prompt[:-1], prefix.ids):
+        if a != b:
+            break
+        n += 1
+    return n
 
 
 @dataclass
@@ -26,6 +50,7 @@ class Generation:
     completion_ids: torch.Tensor    # [B, T] sampled ids, pad after the first EOS
     completion_mask: torch.Tensor   # [B, T] 1 up to and including the first EOS
     truncated: torch.Tensor         # [B] bool: no EOS within max_new_tokens
+    prefixes: list[Prefix] | None = None   # with generate(prefixes=...): each prompt's own KV cache, to reuse
 
     def completion_lists(self) -> list[list[int]]:
         return [ids[mask.bool()].tolist() for ids, mask in zip(self.completion_ids, self.completion_mask)]
@@ -89,9 +114,13 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, u: torch.
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, eos_ids: list[int], pad_id: int, group_size: int = 1,
              max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-             noise: torch.Tensor | None = None, rollout_batch: int | None = None) -> Generation:
+             noise: torch.Tensor | None = None, rollout_batch: int | None = None,
+             prefixes: list[Prefix | None] | None = None) -> Generation:
     """Sample `group_size` completions for each prompt (temperature 0 = greedy), with a KV cache; noise
     [prompts x group_size, max_new_tokens] (sampling_noise) is required when temperature > 0.
+
+    prefixes (one per prompt, or None): a cached Prefix whose tokens a prompt starts with is not computed again,
+    only the rest of the prompt is prefilled (reusable); the result then holds each prompt's own Prefix.
 
     Rows go through in chunks of whole groups, at most `rollout_batch` rows each (at least one group), so the
     KV cache holds at most that many rows whatever prompts x group_size is; row i of the result is completion
@@ -102,27 +131,41 @@ def generate(model, prompts: list[list[int]], *, eos_ids: list[int], pad_id: int
     per_chunk = max(1, (rollout_batch or len(prompts) * group_size) // group_size)
     rows = per_chunk * group_size
     parts = [generate_groups(model, prompts[k:k + per_chunk], eos_ids, pad_id, group_size, max_new_tokens,
-                             temperature, top_p, None if noise is None else noise[k * group_size:k * group_size + rows])
+                             temperature, top_p, None if noise is None else noise[k * group_size:k * group_size + rows],
+                             None if prefixes is None else prefixes[k:k + per_chunk])
              for k in range(0, len(prompts), per_chunk)]
     return concatenate(parts, pad_id)
 
 
 def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id: int, group_size: int,
-                    max_new_tokens: int, temperature: float, top_p: float, noise: torch.Tensor | None
-                    ) -> Generation:
+                    max_new_tokens: int, temperature: float, top_p: float, noise: torch.Tensor | None,
+                    prefixes: list[Prefix | None] | None = None) -> Generation:
     """One chunk: each prompt is prefilled once, and its KV cache and next-token logits are shared by its G rows
-    (G times less prefill compute and activation memory than prefilling G copies)."""
+    (G times less prefill compute and activation memory than prefilling G copies). With prefixes, row i's cache is
+    [padding][its reused prefix][padding][the rest of its prompt], the mask 0 on the padding: positions count real
+    tokens only, so each prompt is computed as it would be alone."""
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    reused = [reusable(p, q) for p, q in zip(prompts, prefixes)] if prefixes is not None else [0] * len(prompts)
+    width = max(reused)
+    rest_ids, rest_mask = left_pad([p[n:] for p, n in zip(prompts, reused)], pad_id)
+    reused_mask = torch.tensor([[0] * (width - n) + [1] * n for n in reused], dtype=torch.long).view(len(prompts), width)
+    rest_ids, mask = rest_ids.to(device), torch.cat([reused_mask, rest_mask], 1).to(device)   # mask: the cache's
     eos = torch.tensor(eos_ids, device=device)
     cache = DynamicCache(config=model.config)
-    pos = positions(prompt_mask)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos, cache=cache, use_cache=True,
+    cache.layers = [PreallocatedLayer(mask.shape[1] + max_new_tokens) for _ in cache.layers]
+    if width:
+        for layer, keys, values in zip(cache.layers, *cached_block(prefixes, reused, width, device)):
+            layer.update(keys, values)
+    pos = positions(mask)
+    out = model(input_ids=rest_ids, attention_mask=mask, position_ids=pos[:, width:], cache=cache, use_cache=True,
                 logits_to_keep=1)
+    kept = None if prefixes is None else [
+        Prefix(p, [layer.keys[i][:, mask[i].bool()] for layer in cache.layers],
+               [layer.values[i][:, mask[i].bool()] for layer in cache.layers]) for i, p in enumerate(prompts)]
     cache.batch_repeat_interleave(group_size)   # row i of the group batch continues prompt i // G
-    prompt_ids, mask = prompt_ids.repeat_interleave(group_size, 0), prompt_mask.repeat_interleave(group_size, 0)
+    mask = mask.repeat_interleave(group_size, 0)
     logits, pos = out.logits[:, -1].repeat_interleave(group_size, 0), pos[:, -1:].repeat_interleave(group_size, 0)
+    prompt_ids, prompt_mask = (x.to(device).repeat_interleave(group_size, 0) for x in left_pad(prompts, pad_id))
     batch = prompt_ids.shape[0]
     tokens, done = [], torch.zeros(batch, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
@@ -141,7 +184,51 @@ def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id:
     # 1 through the first EOS: positions whose count of EOS strictly before them is 0
     eos_before = is_eos.long().cumsum(-1) - is_eos.long()
     completion_mask = (eos_before == 0).long()
-    return Generation(prompt_ids, mask[:, :prompt_ids.shape[1]], completion, completion_mask, ~is_eos.any(-1))
+    return Generation(prompt_ids, prompt_mask, completion, completion_mask, ~is_eos.any(-1), kept)
+
+
+def cached_block(prefixes: list[Prefix | None], reused: list[int], width: int, device
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, the reused prefixes as one [rows, kv heads, width, head dim] block, each right-aligned (zeros
+    before it, masked)."""
+    some = next(q for q, n in zip(prefixes, reused) if n)
+    keys, values = [], []
+    for layer in range(len(some.keys)):
+        k = some.keys[layer].new_zeros(len(reused), some.keys[layer].shape[0], width, some.keys[layer].shape[2])
+        v = torch.zeros_like(k)
+        for i, (q, n) in enumerate(zip(prefixes, reused)):
+            if n:
+                k[i, :, width - n:], v[i, :, width - n:] = q.keys[layer][:, :n], q.values[layer][:, :n]
+        keys.append(k.to(device)), values.append(v.to(device))
+    return keys, values
+
+
+class PreallocatedLayer(DynamicLayer):
+    """One layer's KV cache in a buffer allocated at its first update for `capacity` tokens: each new token is
+    written in place, where transformers' DynamicLayer concatenates, copying the whole cache at every step. The
+    keys and values it returns are views of the filled part: what DynamicLayer would hold."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            shape = (key_states.shape[0], key_states.shape[1], self.capacity, key_states.shape[3])
+            self.key_buffer, self.value_buffer = key_states.new_empty(shape), value_states.new_empty(shape)
+            self.device, self.is_initialized = key_states.device, True
+        n = key_states.shape[-2]
+        self.key_buffer[:, :, self.length:self.length + n] = key_states
+        self.value_buffer[:, :, self.length:self.length + n] = value_states
+        self.length += n
+        self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
+        return self.keys, self.values
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+        self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+        self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
 
 
 def concatenate(parts: list[Generation], pad_id: int) -> Generation:
@@ -158,4 +245,5 @@ def concatenate(parts: list[Generation], pad_id: int) -> Generation:
                       torch.cat([pad(g.prompt_mask, P, 0, True) for g in parts]),
                       torch.cat([pad(g.completion_ids, T, pad_id, False) for g in parts]),
                       torch.cat([pad(g.completion_mask, T, 0, False) for g in parts]),
-                      torch.cat([g.truncated for g in parts]))
+                      torch.cat([g.truncated for g in parts]),
+                      None if parts[0].prefixes is None else [q for g in parts for q in g.prefixes])

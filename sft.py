@@ -22,6 +22,10 @@ tokenised separately, exactly as the prompt is tokenised at inference.
               reasoning sample, so that learning to think from a few examples does not erase the action policy
               of stage 1.
   pretrain:   loss on every token of whole conversations (builds the tiny base from tiny-random).
+
+A micro-batch keeps each conversation's turn samples together and packs them into prefix-tree rows (packing.py):
+sample k + 1 of a conversation repeats sample k's history, so its shared tokens are computed once. Each sample's
+loss is that of the sample alone (tests/test_sft.py); on the demo world a step computes half the tokens.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ import torch.nn.functional as F
 
 import parallel
 from cli import run_cli
-from data import (MAX_COLD_START_TURNS, DataError, TurnSample, convert_record, load_turn_samples, prompt_ids,
-                  read_records, render_prompt, resolve_data)
+from data import (MAX_COLD_START_TURNS, DataError, TurnSample, convert_record, load_turn_samples, read_records,
+                  render_prompt, resolve_data)
 from eval import held_out_evaluator
 from model import autocast, load, trained_as
+from packing import Packed, hidden_states, pack, tree_size
 from pretrain_worlds import pretrain_stream
 from runs import (HelpFormatter, Run, add_run_arguments, load_for_training, optimizer_step, resolve_defaults,
                   resume_args, scale_help, warmup_cosine)
@@ -59,6 +64,9 @@ LR_DEFAULTS = {"tiny": 1e-3, "lora": 2e-4, "full": 1e-5}
 # history reach 4k tokens), and 4 sequences per micro-batch x 8 accumulated = 32 per update (the tiny model's
 # 16 fit in one micro-batch).
 SCALE_DEFAULTS = {"lora_rank": (0, 16), "max_len": (1024, 4096), "batch_size": (16, 4), "grad_accum": (1, 8)}
+# Tokens per packed row of a micro-batch (collate): attention costs rows x L^2, so several short rows beat one
+# long one; 512 holds a whole demo-world conversation's turn samples (their prefix tree: 296 tokens on average).
+ROW_TOKENS = 512
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,12 +76,13 @@ SCALE_DEFAULTS = {"lora_rank": (0, 16), "max_len": (1024, 4096), "batch_size": (
 class Encoded:
     input_ids: list[int]
     labels: list[int]
+    conversation: str = ""     # the turn samples of one conversation share its history (packing.py)
 
 
-def target_text(tokenizer, sample: TurnSample, thinking: bool, where: str = "") -> str:
-    """The supervised text: what the template puts after the prompt for this action, through <|im_end|>."""
+def target_text(tokenizer, sample: TurnSample, thinking: bool, prompt: str, where: str = "") -> str:
+    """The supervised text: what the template puts after the prompt (render_prompt's text) for this action,
+    through <|im_end|>."""
     action = sample.target if thinking else type(sample.target)(sample.target.content, sample.target.tool_calls)
-    prompt = render_prompt(tokenizer, sample, thinking)
     full = tokenizer.apply_chat_template(sample.chat() + [action.message()], tools=sample.template_tools(),
                                          tokenize=False, enable_thinking=thinking)
     if not full.startswith(prompt):
@@ -89,11 +98,12 @@ def encode_turn(tokenizer, sample: TurnSample, thinking: bool, max_len: int, whe
     """Prompt tokens get label -100, target tokens are their own labels. A sample longer than max_len (prompt +
     target) gives None and is skipped: cutting its prompt would drop the system prompt and tool schemas, a
     context the model never sees in GRPO (which leaves such prompts out) or in evaluation (which keeps them)."""
-    prompt = prompt_ids(tokenizer, sample, thinking)
-    target = tokenizer(target_text(tokenizer, sample, thinking, where), add_special_tokens=False)["input_ids"]
+    text = render_prompt(tokenizer, sample, thinking)
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]   # as data.prompt_ids tokenises it at inference
+    target = tokenizer(target_text(tokenizer, sample, thinking, text, where), add_special_tokens=False)["input_ids"]
     if len(prompt) + len(target) > max_len:
         return None
-    return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
+    return Encoded(prompt + target, [IGNORE] * len(prompt) + target, sample.conversation_id)
 
 
 def encode_whole(tokenizer, record: dict, max_len: int, where: str = "stream") -> Encoded:
@@ -103,47 +113,78 @@ def encode_whole(tokenizer, record: dict, max_len: int, where: str = "stream") -
     tools = [{"type": "function", "function": t} for t in conv.tools] or None
     ids = tokenizer.apply_chat_template(chat, tools=tools, tokenize=False)
     ids = tokenizer(ids, add_special_tokens=False)["input_ids"][:max_len]
-    return Encoded(ids, list(ids))
+    return Encoded(ids, list(ids), where)
 
 
-def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence of the batch; padding gets label -100 and attention 0."""
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[i, :n], labels[i, :n], attention[i, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels), 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": attention}
+@dataclass
+class SFTBatch:
+    packed: Packed             # the micro-batch's sequences in prefix-tree rows
+    predictors: torch.Tensor   # [N]: flat index of the node before each supervised token (it predicts the token)
+    targets: torch.Tensor      # [N]: the supervised tokens
+
+    def to(self, device) -> "SFTBatch":
+        return SFTBatch(self.packed.to(device), self.predictors.to(device), self.targets.to(device))
 
 
-def length_sorted_batches(encoded: list[Encoded], batch_size: int, seed: int, epoch: int) -> list[list[Encoded]]:
-    """Micro-batches of similar length (little padding), in a seeded random order per epoch."""
-    rng = random.Random(seed * 1000 + epoch)
-    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i].input_ids), rng.random()))
-    batches = [[encoded[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
+def collate(batch: list[Encoded], pad_id: int, share: bool = True) -> SFTBatch:
+    """The micro-batch packed into prefix-tree rows (packing.py): each conversation's turn samples in one row, where
+    they share its history; conversations first fit, largest first, into rows of ROW_TOKENS tokens (a larger one
+    alone), where they share the system prompt and tool schemas. share=False: a row per sample (a padded batch)."""
+    rows = pack_rows(batch) if share else [[e] for e in batch]
+    packed = pack([[e.input_ids for e in row] for row in rows], pad_id)
+    predictors, targets = [], []
+    for e, nodes in zip((e for row in rows for e in row), packed.nodes):
+        supervised = [t for t in range(1, len(e.labels)) if e.labels[t] != IGNORE]
+        predictors += [nodes[t - 1] for t in supervised]   # position t - 1 predicts token t
+        targets += [e.labels[t] for t in supervised]
+    return SFTBatch(packed, torch.tensor(predictors, dtype=torch.long), torch.tensor(targets, dtype=torch.long))
+
+
+def pack_rows(batch: list[Encoded]) -> list[list[Encoded]]:
+    """The batch's conversations, first fit, largest prefix tree first, into rows of ROW_TOKENS tree nodes."""
+    by_conversation: dict[str, list[Encoded]] = {}
+    for e in batch:
+        by_conversation.setdefault(e.conversation, []).append(e)
+    sized = sorted(((tree_size([e.input_ids for e in c]), c) for c in by_conversation.values()), key=lambda x: -x[0])
+    rows: list[list[Encoded]] = []
+    room: list[int] = []
+    for n, c in sized:
+        r = next((r for r, free in enumerate(room) if free >= n), None)
+        if r is None:
+            rows.append([]), room.append(max(ROW_TOKENS, n))
+            r = len(rows) - 1
+        rows[r] += c
+        room[r] -= n
+    return rows
+
+
+def conversation_batches(encoded: list[Encoded], batch_size: int, seed: int, epoch: int) -> list[list[Encoded]]:
+    """Micro-batches of batch_size samples that keep a conversation's turn samples together (to share their
+    history): the conversations in a seeded random order per epoch, each one's samples in turn, cut every
+    batch_size samples."""
+    by_conversation: dict[str, list[Encoded]] = {}
+    for e in encoded:
+        by_conversation.setdefault(e.conversation, []).append(e)
+    conversations = list(by_conversation.values())
+    random.Random(seed * 1000 + epoch).shuffle(conversations)
+    order = [e for c in conversations for e in c]
+    return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
 
 # ----------------------------------------------------------------------------------------------
 # Loss and schedule
 # ----------------------------------------------------------------------------------------------
-def masked_token_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_{t in S} -log p(labels_t | x_<t) and |S|, S = positions whose (shifted) label is not -100.
+def masked_token_nll(model, batch: SFTBatch) -> tuple[torch.Tensor, int]:
+    """sum_{t in S} -log p(x_t | x_<t) and |S|, S = the supervised positions of the batch's sequences.
 
-    Logits are computed only at supervised positions: the hidden states are sliced before the LM head.
+    Logits are computed only at supervised positions: the hidden states are gathered before the LM head.
     """
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
-    supervised = targets != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][supervised]).float()
-    return F.cross_entropy(logits, targets[supervised], reduction="sum"), supervised.sum()
+    hidden = hidden_states(model, batch.packed)[batch.predictors]
+    logits = model.get_output_embeddings()(hidden).float()
+    return F.cross_entropy(logits, batch.targets, reduction="sum"), len(batch.targets)
 
 
-def sft_step(model, optimizer, scheduler, params: list[torch.nn.Parameter], batches: list[dict[str, torch.Tensor]],
+def sft_step(model, optimizer, scheduler, params: list[torch.nn.Parameter], batches: list[SFTBatch],
              max_grad_norm: float, precision: str) -> dict:
     """One optimizer update over the micro-batches of a step (gradient accumulation): the loss is the mean NLL
     over every supervised token of all of them, so accumulation equals one big batch; then clip the gradient to
@@ -152,17 +193,17 @@ def sft_step(model, optimizer, scheduler, params: list[torch.nn.Parameter], batc
     normaliser, the token count of all of them, and optimizer_step sums the gradients: the update of one process."""
     t0 = time.perf_counter()
     device = next(model.parameters()).device
-    n_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+    n_tokens = sum(len(b.targets) for b in batches)
     loss_sum = 0.0
     for b in batches[parallel.rank()::parallel.world()]:
         with autocast(precision, device):
-            nll, _ = masked_token_nll(model, **{k: v.to(device) for k, v in b.items()})
+            nll, _ = masked_token_nll(model, b.to(device))
         (nll / n_tokens).backward()
         loss_sum += nll.item()
     loss_sum = parallel.all_sum(loss_sum)
     lr = scheduler.get_last_lr()[0]
     grad_norm, finite = optimizer_step(optimizer, scheduler, params, max_grad_norm, loss_sum)
-    seen = sum(int(b["attention_mask"].sum()) for b in batches)
+    seen = sum(b.packed.n_sequence_tokens for b in batches)   # the sequences' tokens, before sharing
     return {"loss": loss_sum / n_tokens, "grad_norm": grad_norm, "lr": lr,
             "tokens_per_s": seen / (time.perf_counter() - t0), "finite": finite}
 
@@ -249,11 +290,12 @@ class BatchSource:
             skip = k * self.args.batch_size - self.position  # only forward: resuming skips ahead once
             records = list(itertools.islice(self.stream, skip, skip + self.args.batch_size))
             self.position = (k + 1) * self.args.batch_size
-            return [encode_whole(self.tokenizer, r, self.args.max_len) for r in records]
+            return [encode_whole(self.tokenizer, r, self.args.max_len, f"stream record {k * self.args.batch_size + i}")
+                    for i, r in enumerate(records)]
         epoch, index = divmod(k, self.per_epoch)
         if epoch != self.epoch:
-            self.epoch, self.batches = epoch, length_sorted_batches(self.encoded + self.replayed(epoch),
-                                                                   self.args.batch_size, self.args.seed, epoch)
+            self.epoch, self.batches = epoch, conversation_batches(self.encoded + self.replayed(epoch),
+                                                                  self.args.batch_size, self.args.seed, epoch)
         return self.batches[index]
 
 

@@ -140,3 +140,22 @@ def test_a_value_of_the_wrong_type_is_an_error_observation_not_a_write(tasks):
     observation = e.execute({"name": "cancel_pending_order", "arguments": {"order_id": [order_id], "reason": "x"}})
     assert observation == {"error": "invalid arguments: order_id must be a string"}
     assert e.db["orders"][order_id] == before and e.tool_errors == 1 and e.violations == 0
+
+
+def test_keeping_each_episodes_cache_between_turns_changes_no_completion(tmp_path, capsys, monkeypatch):
+    import sampling
+    reused = []
+    real = sampling.reusable
+    monkeypatch.setattr(sampling, "reusable", lambda p, q: reused.append(real(p, q)) or reused[-1])
+    common = ["--model", "tiny", "--episodes", "3", "--trials", "2", "--turn-limit", "3", "--max-new-tokens", "24",
+              "--show", "3"]
+    transcripts = {}
+    for cache in ("on", "off"):
+        assert evaluation.main(common + ["--episode-cache", cache, "--out", str(tmp_path / f"{cache}.json")]) == 0
+        transcripts[cache] = capsys.readouterr().out
+        row = json.loads((tmp_path / f"{cache}.json").read_text())["tiny"]
+        row.pop("seconds")
+        transcripts[cache + " row"] = row
+    assert transcripts["on"] == transcripts["off"] and transcripts["on row"] == transcripts["off row"]
+    assert transcripts["on"].count("=== task") == 3
+    assert sum(n > 50 for n in reused) >= 6   # turns 2 and 3 of the 6 episodes reused their conversation so far

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from grpo import aggregate_loss, clipped_policy_loss, group_advantages, kl_k3, token_logprobs
+from grpo import aggregate_loss, clipped_policy_loss, group_advantages, kl_k3, micro_batch, token_logprobs
 from lora import disable_adapters, inject_lora, lora_layers
 from model import load
 from sampling import left_pad
@@ -61,36 +61,37 @@ def test_aggregations_on_a_ragged_mask():
 
 
 def batch(tok):
-    prompts = [tok("where is order W12345?", add_special_tokens=False)["input_ids"], tok("hi", add_special_tokens=False)["input_ids"]]
-    completions = [[7, 8, 9, 2], [10, 2, 0, 0]]
-    p_ids, p_mask = left_pad(prompts, tok.pad_token_id)
-    c_ids = torch.tensor(completions)
-    c_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
-    return prompts, completions, torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_mask.float()
+    """Three rows: two completions of one prompt (a group, sharing it in one packed row) and one of another."""
+    prompts = [tok("where is order W12345?", add_special_tokens=False)["input_ids"]] * 2 + \
+        [tok("hi", add_special_tokens=False)["input_ids"]]
+    completions = [[7, 8, 9, 2], [7, 8, 11], [10, 2]]
+    return prompts, completions, micro_batch(prompts, completions, [0, 0, 1], torch.zeros(3), tok.pad_token_id)
 
 
 def test_token_logprobs_match_unpadded_log_softmax():
     model, tok = load("tiny-random")
-    prompts, completions, ids, attention, mask = batch(tok)
-    got = token_logprobs(model, ids, attention, mask, temperature=0.7, chunk=3)
+    prompts, completions, b = batch(tok)
+    assert torch.equal(b.mask, torch.tensor([[1.0, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]]))
+    # one packed row holds the shared prompt once and the shared completion start [7, 8] once
+    assert b.packed.input_ids.shape[0] == 2 and b.packed.n_sequence_tokens == sum(map(len, prompts)) + 9
+    got = token_logprobs(model, b, temperature=0.7, chunk=3)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        n = int(mask[i].sum())
-        seq = torch.tensor([p + c[:n]])
-        logits = model(seq).logits[0] / 0.7
-        want = torch.log_softmax(logits, -1)[len(p) - 1:len(p) + n - 1].gather(-1, torch.tensor(c[:n])[:, None])
-        assert torch.allclose(got[i, :n], want.squeeze(-1), atol=1e-5)
+        logits = model(torch.tensor([p + c])).logits[0] / 0.7
+        want = torch.log_softmax(logits, -1)[len(p) - 1:len(p) + len(c) - 1].gather(-1, torch.tensor(c)[:, None])
+        assert torch.allclose(got[i, :len(c)], want.squeeze(-1), atol=1e-5)
+        assert torch.all(got[i, len(c):] == 0)
 
 
 @pytest.mark.parametrize("mode", ["grpo", "dapo", "dr_grpo"])
 def test_one_iteration_gradient_is_policy_gradient(mode):
     model, tok = load("tiny-random")
-    _, _, ids, attention, mask = batch(tok)
-    adv = torch.tensor([0.8, -1.3])
-    n_seq, n_tok = 2, int(mask.sum())
+    _, _, b = batch(tok)
+    mask, adv = b.mask, torch.tensor([0.8, -1.3, 0.5])
+    n_seq, n_tok = 3, int(mask.sum())
 
     def grads(loss_of):
         model.zero_grad()
-        logp = token_logprobs(model, ids, attention, mask, 1.0)
+        logp = token_logprobs(model, b, 1.0)
         loss_of(logp).backward()
         return [p.grad.clone() for p in model.parameters()]
 
@@ -108,15 +109,15 @@ def test_one_iteration_gradient_is_policy_gradient(mode):
 def test_reference_is_the_policy_with_adapters_disabled():
     model, tok = load("tiny-random")
     base, _ = load("tiny-random")
-    _, _, ids, attention, mask = batch(tok)
+    _, _, b = batch(tok)
     inject_lora(model, rank=4, alpha=8)
     with torch.no_grad():
         for layer in lora_layers(model).values():
             layer.lora_B.normal_(std=0.05)
-        policy = token_logprobs(model, ids, attention, mask, 1.0)
+        policy = token_logprobs(model, b, 1.0)
         with disable_adapters(model):
-            reference = token_logprobs(model, ids, attention, mask, 1.0)
-        expected = token_logprobs(base, ids, attention, mask, 1.0)
+            reference = token_logprobs(model, b, 1.0)
+        expected = token_logprobs(base, b, 1.0)
     assert torch.equal(reference, expected) and not torch.allclose(policy, reference)
 
 
@@ -147,51 +148,67 @@ def test_resume_matches_uninterrupted_run(tmp_path, demo_dir):
 
 
 def ragged_generation(tok):
-    """Six rows: prompts of 2, 9 and 20 tokens (two rows each, a group of G = 2), completions of 1 to 7 tokens."""
+    """Six rows: groups of G = 2 on prompts of 2, 20 and 9 tokens, completions of 1 to 7 tokens, each starting with
+    its own token (so a group's two completions share nothing after the prompt)."""
     from sampling import Generation
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(5, 200, (n,), generator=g).tolist() for n in (2, 2, 20, 20, 9, 9)]
+    prompts = [p for n in (2, 20, 9) for p in [torch.randint(5, 200, (n,), generator=g).tolist()] * 2]
     lengths = [7, 1, 3, 6, 2, 5]
     p_ids, p_mask = left_pad(prompts, tok.pad_token_id)
     c_ids = torch.full((6, 7), tok.pad_token_id)
     c_mask = torch.zeros(6, 7, dtype=torch.long)
     for i, n in enumerate(lengths):
         c_ids[i, :n] = torch.randint(5, 200, (n,), generator=g)
+        c_ids[i, 0] = 200 + i
         c_mask[i, :n] = 1
     return Generation(p_ids, p_mask, c_ids, c_mask, torch.zeros(6, dtype=torch.bool))
 
 
+def padded_logprobs(model, gen) -> torch.Tensor:
+    """log p of each completion token in one left-padded batch [6, 7] (0 off the completion), straight from the
+    model's logits: the reference the packed micro-batches must reproduce."""
+    ids = torch.cat([gen.prompt_ids, gen.completion_ids], 1)
+    attention = torch.cat([gen.prompt_mask, gen.completion_mask], 1)
+    position = (attention.cumsum(-1) - 1).clamp(min=0)
+    width = gen.completion_ids.shape[1]
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=position).logits[:, -width - 1:-1]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, gen.completion_ids[..., None]).squeeze(-1)
+    return logp * gen.completion_mask
+
+
+@pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("mode", ["grpo", "dapo", "dr_grpo"])
-def test_micro_batches_of_similar_length_give_the_padded_batch_loss_and_gradient(mode):
+def test_micro_batches_give_the_padded_batch_loss_and_gradient(mode, share):
     from grpo import micro_batches
     model, tok = load("tiny-random")
     gen = ragged_generation(tok)
     adv = torch.tensor([0.5, -0.5, 1.2, -1.2, 0.3, -0.3])
     ref = torch.randn(6, 7, generator=torch.Generator().manual_seed(1)) * 0.1 - 2.0
-    n_seq, n_tok = 6, int(gen.completion_mask.sum())
+    mask = gen.completion_mask.float()
+    n_seq, n_tok = 6, int(mask.sum())
 
     def loss_and_grad(parts):
         model.zero_grad()
         total = 0.0
-        for ids, attention, mask, a, r in parts:
-            logp = token_logprobs(model, ids, attention, mask, 1.0)
+        for logp_of, m, a, r in parts:
+            logp = logp_of()
             per_token, _, _ = clipped_policy_loss(logp, logp.detach(), r, a, 0.04, 0.2, 0.28)
-            loss = aggregate_loss(per_token, mask, mode, n_seq, n_tok, 8)
+            loss = aggregate_loss(per_token, m, mode, n_seq, n_tok, 8)
             loss.backward()
             total += loss.item()
         return total, torch.cat([p.grad.flatten() for p in model.parameters()])
 
-    # one padded batch: every row as wide as the longest prompt (20) plus the longest completion (7)
-    padded = [(torch.cat([gen.prompt_ids, gen.completion_ids], 1), torch.cat([gen.prompt_mask, gen.completion_mask], 1),
-               gen.completion_mask.float(), adv, ref)]
-    batches = micro_batches(gen, torch.arange(6), adv, 2, "cpu")
-    # sorted by prompt, then completion length: rows (1, 0), (4, 5), (2, 3); each trimmed to its own widths
-    assert [tuple(b.input_ids.shape) for b in batches] == [(2, 2 + 7), (2, 9 + 5), (2, 20 + 6)]
+    batches = micro_batches(gen, torch.arange(6), adv, 2, 2, tok.pad_token_id, "cpu", share=share)
+    # sorted by prompt, group, then completion length: rows (1, 0), (4, 5), (2, 3), a group per micro-batch; shared,
+    # its prompt once in one row of prompt + both completions, else a row per completion, each with the prompt
+    widths = [(2, 7, 1), (9, 2, 5), (20, 3, 6)]
+    want = [(1, p + a + b) for p, a, b in widths] if share else [(2, p + max(a, b)) for p, a, b in widths]
+    assert [tuple(b.packed.input_ids.shape) for b in batches] == want
     order = [1, 0, 4, 5, 2, 3]
-    parts = [(b.input_ids, b.attention, b.mask, b.advantages, ref[order[2 * k:2 * k + 2], :b.mask.shape[1]])
-             for k, b in enumerate(batches)]
     assert torch.equal(torch.cat([b.advantages for b in batches]), adv[order])
-    loss_padded, grad_padded = loss_and_grad(padded)
+    parts = [(lambda b=b: token_logprobs(model, b, 1.0), b.mask, b.advantages,
+              ref[order[2 * k:2 * k + 2], :b.mask.shape[1]]) for k, b in enumerate(batches)]
+    loss_padded, grad_padded = loss_and_grad([(lambda: padded_logprobs(model, gen), mask, adv, ref)])
     loss_micro, grad_micro = loss_and_grad(parts)
     assert loss_micro == pytest.approx(loss_padded, abs=1e-6)
     assert grad_padded.abs().sum() > 0 and torch.allclose(grad_micro, grad_padded, atol=1e-6)

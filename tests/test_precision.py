@@ -94,7 +94,7 @@ def test_gradient_checkpointing_changes_memory_not_the_gradient(tmp_path):
         from runs import load_for_training
         model, _ = load_for_training(args)
         assert model.is_activation_checkpointing == (checkpointing == "on")
-        total, n = sft.masked_token_nll(model, **batch)
+        total, n = sft.masked_token_nll(model, batch)
         (total / n).backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert torch.allclose(gradient("on"), gradient("off"), atol=1e-6)
@@ -104,9 +104,8 @@ def test_scoring_passes_build_no_kv_cache():
     model, _ = load("tiny-random")
     seen = []
     model.get_decoder().register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("use_cache")), with_kwargs=True)
-    ids, attention = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
-    grpo.token_logprobs(model, ids, attention, torch.ones(1, 2), 1.0)
-    sft.masked_token_nll(model, ids, attention, torch.tensor([[sft.IGNORE, 6, 7, 8]]))
+    grpo.token_logprobs(model, grpo.micro_batch([[5, 6]], [[7, 8]], [0], torch.zeros(1), 0), 1.0)
+    sft.masked_token_nll(model, sft.collate([sft.Encoded([5, 6, 7, 8], [sft.IGNORE, 6, 7, 8])], 0))
     assert seen == [False, False]
 
 

@@ -175,3 +175,43 @@ def test_top_p_outside_the_unit_interval_is_refused(top_p, capsys):
     assert stop.value.code == 2 and "--top-p" in capsys.readouterr().err
     with pytest.raises(ValueError, match="top_p"):
         next_token(torch.zeros(1, 4), 1.0, float(top_p), torch.zeros(1))
+
+
+def test_the_preallocated_cache_layer_holds_what_transformers_dynamic_layer_holds():
+    from transformers.cache_utils import DynamicLayer
+
+    from sampling import PreallocatedLayer
+    g = torch.Generator().manual_seed(0)
+    ours, theirs = PreallocatedLayer(capacity=5 + 1 + 1 + 2 + 3), DynamicLayer()
+    prompt = torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, 5, 4, generator=g)
+    assert all(torch.equal(a, b) for a, b in zip(ours.update(*prompt), theirs.update(*prompt)))
+    ours.batch_repeat_interleave(2), theirs.batch_repeat_interleave(2)   # a group's prompt, for its G = 2 rows
+    for n in (1, 1, 2):   # then new tokens, appended
+        k, v = torch.randn(4, 3, n, 4, generator=g), torch.randn(4, 3, n, 4, generator=g)
+        assert all(torch.equal(a, b) for a, b in zip(ours.update(k, v), theirs.update(k, v)))
+        assert ours.get_seq_length() == theirs.get_seq_length()
+    assert ours.keys.shape == (4, 3, 9, 4) and torch.equal(ours.keys[1, :, :5], ours.keys[0, :, :5])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_reused_prefix_gives_the_completions_of_a_full_prefill(temperature):
+    model, tok = load("tiny")
+    model.eval()
+    first = prompts_of(tok)
+    # the next turn of each conversation: what came before, then more; the third shares only part of its prefix
+    later = [first[0] + tok(" It shipped.<|im_end|>\n<|im_start|>assistant\n")["input_ids"], first[1] + [7, 8, 9],
+             first[2][:3] + [11, 12]]
+    eos = [tok.eos_token_id]
+
+    def run(prompts, prefixes):
+        noise = sampling_noise(len(prompts), 12, torch.Generator().manual_seed(3)) if temperature else None
+        return generate(model, prompts, eos_ids=eos, pad_id=tok.pad_token_id, max_new_tokens=12,
+                        temperature=temperature, noise=noise, prefixes=prefixes)
+    cached = run(first, [None] * 3).prefixes
+    assert [q.ids for q in cached] == first and cached[0].keys[0].shape[1] == len(first[0])
+    fresh, reused = run(later, None), run(later, cached)
+    assert torch.equal(fresh.completion_ids, reused.completion_ids)
+    assert torch.equal(fresh.prompt_ids, reused.prompt_ids) and torch.equal(fresh.prompt_mask, reused.prompt_mask)
+    # the cache of a prompt reused in full is the cache of its own prefill
+    again = run(later, reused.prefixes).prefixes
+    assert all(torch.allclose(a, b, atol=1e-5) for q, r in zip(again, reused.prefixes) for a, b in zip(q.keys, r.keys))

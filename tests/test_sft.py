@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import sft
-from data import Action, TurnSample, load_turn_samples
+from data import Action, TurnSample, load_turn_samples, prompt_ids
 from sft import IGNORE, collate, encode_turn, masked_token_nll
 
 CALL = {"name": "get_order_details", "arguments": {"order_id": "W12345"}}
@@ -37,18 +37,36 @@ def test_mask_covers_exactly_the_target(request, which, case):
     first = enc.labels.index(next(label for label in enc.labels if label != IGNORE))
     assert all(label == IGNORE for label in enc.labels[:first])
     assert all(label != IGNORE for label in enc.labels[first:])   # the target is one contiguous tail
+    assert enc.input_ids[:first] == prompt_ids(tok, sample, thinking)   # the prompt exactly as at inference
     prompt = tok.decode(enc.input_ids[:first])
     assert prompt.endswith("<|im_start|>assistant\n" + ("" if thinking else "<think>\n\n</think>\n\n"))
 
 
-def test_loss_is_mean_over_supervised_tokens():
+@pytest.mark.parametrize("share", [True, False])
+def test_loss_is_the_sum_over_supervised_tokens_of_each_sequence_alone(share):
     from model import load
     model, tok = load("tiny-random")
-    batch = collate([sft.Encoded([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8]), sft.Encoded([9, 10], [IGNORE, 10])], 0)
-    total, n = masked_token_nll(model, **batch)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
-    by_hand = -(logits[0, 1, 7] + logits[0, 2, 8] + logits[1, 0, 10])  # position t predicts token t + 1
-    assert int(n) == 3 and torch.allclose(total, by_hand, atol=1e-5)
+    sequences = [sft.Encoded([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8], "a"),   # two turn samples of conversation a,
+                 sft.Encoded([5, 6, 9], [IGNORE, IGNORE, 9], "a"),          # sharing the prefix [5, 6]
+                 sft.Encoded([9, 10], [IGNORE, 10], "b")]
+    batch = collate(sequences, 0, share)
+    total, n = masked_token_nll(model, batch)
+    by_hand = 0.0
+    for e in sequences:   # each sequence alone: position t predicts token t + 1
+        logp = model(input_ids=torch.tensor([e.input_ids])).logits[0].log_softmax(-1)
+        by_hand -= sum(logp[t - 1, e.labels[t]] for t in range(1, len(e.labels)) if e.labels[t] != IGNORE)
+    assert n == 4 and torch.allclose(total, by_hand, atol=1e-5)
+    assert batch.packed.n_sequence_tokens == 9 and batch.packed.input_ids.numel() == (7 if share else 3 * 4)
+
+
+def test_a_batch_keeps_each_conversation_together_in_one_row():
+    encoded = [sft.Encoded([1] * n, [1] * n, c) for c, n in [("a", 3), ("b", 2), ("a", 4), ("c", 5), ("b", 1)]]
+    batches = sft.conversation_batches(encoded, 16, seed=0, epoch=0)
+    assert len(batches) == 1 and sorted(len(e.input_ids) for e in batches[0]) == [1, 2, 3, 4, 5]
+    conversations = [e.conversation for e in batches[0]]
+    assert conversations.index("a") + 1 == len(conversations) - 1 - conversations[::-1].index("a")   # adjacent
+    cut = sft.conversation_batches(encoded, 2, seed=0, epoch=0)
+    assert [len(b) for b in cut] == [2, 2, 1]
 
 
 def test_cold_start_refuses_large_sets(tmp_path, demo_dir, capsys):

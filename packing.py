@@ -1,0 +1,89 @@
+"""Prefix-tree packing: sequences that share a prefix go through the model once per shared token.
+
+A GRPO group is one prompt and G completions; the turn samples of one conversation share its history; every
+sample of a world shares the system prompt and tool schemas. Padded rows recompute each shared prefix once per
+sequence. Here the sequences of a row are merged into their prefix tree (a trie: a token that several sequences
+hold after the same tokens is one node) and the row is the tree's nodes, each with
+
+    position_ids[j] = depth of node j in its sequences (its position in each of them alone)
+    mask[i, j]      = node j is node i or one of its ancestors
+
+so node i attends to exactly the tokens before it in its own sequence, at the same positions: each hidden state is
+that of the sequence computed alone, up to the order of floating-point sums (tests/test_packing.py). This is the
+shared-prefix forward of Prefix Grouper (arXiv 2506.05433) generalised from one prefix to a tree. The mask is a
+[rows, 1, L, L] boolean tensor, which transformers hands unchanged to its attention ("sdpa", the default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Packed:
+    input_ids: torch.Tensor        # [R, L]: each row's tree nodes, then padding
+    position_ids: torch.Tensor     # [R, L]
+    attention_mask: torch.Tensor   # [R, 1, L, L] bool: True where node i may attend to node j
+    nodes: list[list[int]]         # sequence k -> flat index (row x L + column) of each of its tokens
+    n_sequence_tokens: int         # sum of the sequences' lengths: the tokens a padded batch would compute
+
+    def predictors(self, k: int, first: int) -> list[int]:
+        """Flat indices of the nodes whose hidden states predict tokens first, first + 1, ... of sequence k
+        (the node before each: position t predicts token t + 1)."""
+        return self.nodes[k][first - 1:-1]
+
+    def to(self, device) -> "Packed":
+        return Packed(self.input_ids.to(device), self.position_ids.to(device), self.attention_mask.to(device),
+                      self.nodes, self.n_sequence_tokens)
+
+
+def pack(rows: list[list[list[int]]], pad_id: int) -> Packed:
+    """One packed row per entry of `rows` (a list of token sequences); sequence k of the result is the k-th of
+    `rows` flattened in order. A row of one sequence each is a right-padded batch."""
+    trees = [_prefix_tree(seqs) for seqs in rows]
+    width = max(len(tokens) for tokens, _, _ in trees)
+    R = len(rows)
+    input_ids = torch.full((R, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((R, width), dtype=torch.long)
+    mask = torch.eye(width, dtype=torch.bool).repeat(R, 1, 1)   # padding attends to itself only: no empty softmax
+    nodes = []
+    for r, (tokens, depth, paths) in enumerate(trees):
+        input_ids[r, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        position_ids[r, :len(tokens)] = torch.tensor(depth, dtype=torch.long)
+        for path in paths:
+            idx = torch.tensor(path, dtype=torch.long)
+            # within a path, node a attends to nodes 0..a of the path: its ancestors in the tree
+            mask[r, idx[:, None], idx[None, :]] = torch.ones(len(path), len(path), dtype=torch.bool).tril()
+            nodes.append([r * width + j for j in path])
+    return Packed(input_ids, position_ids, mask[:, None], nodes, sum(len(s) for seqs in rows for s in seqs))
+
+
+def _prefix_tree(sequences: list[list[int]]) -> tuple[list[int], list[int], list[list[int]]]:
+    """The trie of `sequences`: node tokens, node depths, and each sequence's path of node indices."""
+    tokens, depth, paths = [], [], []
+    root: dict = {}
+    for seq in sequences:
+        children, path = root, []
+        for t, token in enumerate(seq):
+            if token not in children:
+                children[token] = (len(tokens), {})
+                tokens.append(token)
+                depth.append(t)
+            node, children = children[token]
+            path.append(node)
+        paths.append(path)
+    return tokens, depth, paths
+
+
+def hidden_states(model, packed: Packed) -> torch.Tensor:
+    """The decoder's last hidden states of every node, flattened to [R x L, H] (index with Packed.nodes)."""
+    out = model.get_decoder()(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
+                              position_ids=packed.position_ids, use_cache=False).last_hidden_state
+    return out.reshape(-1, out.shape[-1])
+
+
+def tree_size(sequences: list[list[int]]) -> int:
+    """The number of nodes of the sequences' prefix tree: the tokens their packed row computes."""
+    return len(_prefix_tree(sequences)[0])

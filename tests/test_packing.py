@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from model import autocast, load
+from packing import hidden_states, pack, tree_size
+
+ROWS = [[[5, 6, 7, 8, 9], [5, 6, 7, 10], [5, 6, 7, 10], [5, 6], [11, 12, 13]],   # shared, duplicate, prefix, apart
+        [[20, 21, 22]]]                                                           # a short row: padded
+
+
+def test_the_prefix_tree_holds_each_shared_token_once():
+    # by hand: 5 6 7 8 9 | 10 (after 5 6 7) | 11 12 13 = 9 nodes; the duplicate and the prefix add none
+    assert tree_size(ROWS[0]) == 9
+    packed = pack(ROWS, pad_id=0)
+    assert packed.input_ids.shape == (2, 9) and packed.n_sequence_tokens == 5 + 4 + 4 + 2 + 3 + 3
+    assert packed.input_ids[0].tolist() == [5, 6, 7, 8, 9, 10, 11, 12, 13]
+    assert packed.position_ids[0].tolist() == [0, 1, 2, 3, 4, 3, 0, 1, 2]
+    assert packed.nodes[1] == packed.nodes[2] == [0, 1, 2, 5] and packed.nodes[5] == [9, 10, 11]
+    padded = pack([[s] for row in ROWS for s in row], pad_id=0)   # a row per sequence: a right-padded batch
+    assert padded.input_ids.shape == (6, 5) and padded.input_ids[3].tolist() == [5, 6, 0, 0, 0]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_each_sequence_of_a_packed_row_computes_what_it_computes_alone(precision):
+    model, _ = load("tiny-random")
+    packed = pack(ROWS, pad_id=0)
+    with torch.no_grad(), autocast(precision, "cpu"):
+        hidden = hidden_states(model, packed).float()
+        sequences = [s for row in ROWS for s in row]
+        for k, seq in enumerate(sequences):
+            alone = model.get_decoder()(input_ids=torch.tensor([seq])).last_hidden_state[0].float()
+            # fp32: the same sums in another order; bf16 rounds each product to 8 bits of mantissa
+            tolerance = 1e-5 if precision == "fp32" else 5e-2 * alone.abs().max().item()
+            assert torch.allclose(hidden[packed.nodes[k]], alone, atol=tolerance), (k, precision)
