@@ -147,7 +147,7 @@ def token_logprobs(model, b: "MicroBatch", temperature: float, chunk: int = 1024
     time, as logits / T (the distribution the tokens were sampled from); log_softmax(z)[y] = z[y] - logsumexp(z),
     never a full [N, T, V] log_softmax.
     """
-    hidden = hidden_states(model, b.packed)[b.predictors]   # [real completion tokens, H], row-major like b.mask
+    hidden = hidden_states(model, b.packed, b.predictors)   # [real completion tokens, H], row-major like b.mask
     head = model.get_output_embeddings()
     out = [hidden.new_zeros(0, dtype=torch.float32)]
     for k in range(0, len(b.targets), chunk):

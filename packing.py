@@ -77,11 +77,16 @@ def _prefix_tree(sequences: list[list[int]]) -> tuple[list[int], list[int], list
     return tokens, depth, paths
 
 
-def hidden_states(model, packed: Packed) -> torch.Tensor:
-    """The decoder's last hidden states of every node, flattened to [R x L, H] (index with Packed.nodes)."""
+def hidden_states(model, packed: Packed, at: torch.Tensor) -> torch.Tensor:
+    """The decoder's last hidden states at the flat node indices `at` (from Packed.nodes), [len(at), H].
+
+    Gathered with index_select, not hidden[at]: where identical sequences share nodes, `at` repeats an index, and
+    the backward of advanced indexing sums the repeats in an order that varies between runs on the CPU (so two runs
+    of one seed drifted apart after a dozen GRPO steps); index_select's backward sums them in a fixed order.
+    """
     out = model.get_decoder()(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
                               position_ids=packed.position_ids, use_cache=False).last_hidden_state
-    return out.reshape(-1, out.shape[-1])
+    return out.reshape(-1, out.shape[-1]).index_select(0, at)
 
 
 def tree_size(sequences: list[list[int]]) -> int:

@@ -179,7 +179,7 @@ def masked_token_nll(model, batch: SFTBatch) -> tuple[torch.Tensor, int]:
 
     Logits are computed only at supervised positions: the hidden states are gathered before the LM head.
     """
-    hidden = hidden_states(model, batch.packed)[batch.predictors]
+    hidden = hidden_states(model, batch.packed, batch.predictors)
     logits = model.get_output_embeddings()(hidden).float()
     return F.cross_entropy(logits, batch.targets, reduction="sum"), len(batch.targets)
 
