@@ -33,7 +33,7 @@ else                          # the demo world: retail train / held-out / cold s
     # every stage bounded by steps or epochs, never by wall time: the same seed and thread count give the same table
     SFT_FLAGS=${SFT_FLAGS-"--max-steps 1200"}
     COLD_FLAGS=${COLD_FLAGS-"--epochs 25 --batch-size 8 --warmup 5"}
-    GRPO_FLAGS=${GRPO_FLAGS-"--steps 70"}
+    GRPO_FLAGS=${GRPO_FLAGS-"--steps 60"}
 fi
 EVAL_FLAGS=${EVAL_FLAGS-}
 

@@ -267,7 +267,7 @@ class BatchSource:
             self.stream, self.position = pretrain_stream(args.seed), 0
         else:
             self.stream, self.encoded = None, load_encoded(args, tokenizer)
-            self.replay = replay_samples(args)
+            self.replay, self.replay_cache = replay_samples(args), {}
             self.n_replay = min(len(self.replay), round(args.replay_ratio * len(self.encoded)))
             self.per_epoch = math.ceil((len(self.encoded) + self.n_replay) / args.batch_size)
             self.epoch, self.batches = -1, []
@@ -282,8 +282,14 @@ class BatchSource:
         drawn = rng.sample(range(len(self.replay)), self.n_replay)
         spare = sorted(set(range(len(self.replay))) - set(drawn))
         rng.shuffle(spare)  # stand-ins, in random order, for drawn samples that are too long
-        encoded = (encode_turn(self.tokenizer, self.replay[i], False, self.args.max_len) for i in drawn + spare)
+        encoded = (self.replay_encoded(i) for i in drawn + spare)
         return list(itertools.islice((e for e in encoded if e is not None), self.n_replay))
+
+    def replay_encoded(self, i: int) -> Encoded | None:
+        """Replay sample i encoded as in base mode, once per run (a sample recurs in many epochs' draws)."""
+        if i not in self.replay_cache:
+            self.replay_cache[i] = encode_turn(self.tokenizer, self.replay[i], False, self.args.max_len)
+        return self.replay_cache[i]
 
     def batch(self, k: int) -> list[Encoded]:
         if self.stream:
