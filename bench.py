@@ -76,9 +76,11 @@ def bench_tiny(model_name: str, precision: str) -> None:
     opt = torch.optim.AdamW(params, lr=1e-5)
     constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
     seconds = timed(lambda: sft_step(model, opt, constant, params, [batch], max_grad_norm=1.0, precision=precision))
-    print(f"SFT step, batch {len(prompts)} x {len(prompts[0])} tokens: {batch.packed.n_sequence_tokens / seconds:7.0f} tok/s")
+    print(f"SFT step, batch {len(prompts)} x up to {max(map(len, prompts))} tokens: "
+          f"{batch.packed.n_sequence_tokens / seconds:7.0f} tok/s")
     # grpo.py's own defaults: G=8, 96 new tokens, beta 0.04, ...
-    args = grpo.parse_args(["--model", model_name, "--precision", precision, "--device", "cpu"])
+    args = grpo.parse_args(["--model", model_name, "--precision", precision, "--device", "cpu",
+                            "--prompts-per-step", str(len(prompts))])
     ref = copy.deepcopy(model).eval().requires_grad_(False)
     record = None
     for step in range(3):
