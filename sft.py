@@ -142,10 +142,7 @@ def collate(batch: list[Encoded], pad_id: int, share: bool = True) -> SFTBatch:
 
 def pack_rows(batch: list[Encoded]) -> list[list[Encoded]]:
     """The batch's conversations, first fit, largest prefix tree first, into rows of ROW_TOKENS tree nodes."""
-    by_conversation: dict[str, list[Encoded]] = {}
-    for e in batch:
-        by_conversation.setdefault(e.conversation, []).append(e)
-    sized = sorted(((tree_size([e.input_ids for e in c]), c) for c in by_conversation.values()), key=lambda x: -x[0])
+    sized = sorted(((tree_size([e.input_ids for e in c]), c) for c in conversations_of(batch)), key=lambda x: -x[0])
     rows: list[list[Encoded]] = []
     room: list[int] = []
     for n, c in sized:
@@ -158,14 +155,19 @@ def pack_rows(batch: list[Encoded]) -> list[list[Encoded]]:
     return rows
 
 
+def conversations_of(encoded: list[Encoded]) -> list[list[Encoded]]:
+    """The samples grouped by conversation, each group and the groups in order of first appearance."""
+    groups: dict[str, list[Encoded]] = {}
+    for e in encoded:
+        groups.setdefault(e.conversation, []).append(e)
+    return list(groups.values())
+
+
 def conversation_batches(encoded: list[Encoded], batch_size: int, seed: int, epoch: int) -> list[list[Encoded]]:
     """Micro-batches of batch_size samples that keep a conversation's turn samples together (to share their
     history): the conversations in a seeded random order per epoch, each one's samples in turn, cut every
     batch_size samples."""
-    by_conversation: dict[str, list[Encoded]] = {}
-    for e in encoded:
-        by_conversation.setdefault(e.conversation, []).append(e)
-    conversations = list(by_conversation.values())
+    conversations = conversations_of(encoded)
     random.Random(seed * 1000 + epoch).shuffle(conversations)
     order = [e for c in conversations for e in c]
     return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
