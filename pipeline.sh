@@ -4,6 +4,10 @@
 #   (and, in the demo world, on whole conversations with a scripted user: EPISODES tasks x 4 trials).
 #
 #   bash pipeline.sh                                            the offline tiny default on the demo world
+#   MODEL=smollm2-135m bash pipeline.sh                         a real pretrained model (SmolLM2-135M-Instruct), offline,
+#       on the demo world, sized for 2 CPU cores (~3 hours; the sizes below, printed at start)
+#   RESUME=1 bash pipeline.sh                                   continue an interrupted run (same MODEL and OUT): finished
+#       stages are kept, a training stage that has a checkpoint continues from it (--resume), done evaluations kept
 #   MODEL=models/Qwen3-1.7B DATA=apigen-mt_5k.json bash pipeline.sh     the paper's setting, nothing written by hand:
 #       split off TEST_RECORDS held-out dialogues, build the cold-start set from the train part's think calls,
 #       then the four stages and evaluation with the real-model defaults (each stage prints them at start)
@@ -14,9 +18,18 @@ cd "$(dirname "$0")"
 MODEL=${MODEL:-tiny}                              # vanilla: the pretrained tiny base (plays Qwen3-1.7B), or Qwen3
 OUT=${OUT:-runs/pipeline}
 SEED=${SEED:-0}
+RESUME=${RESUME:-}
 mkdir -p "$OUT"
-: > "$OUT/times.txt"
+[ -n "$RESUME" ] || : > "$OUT/times.txt"
 stage() { local name=$1; shift; local t0=$SECONDS; "$@"; echo "$name $((SECONDS - t0))" >> "$OUT/times.txt"; }
+# A training stage: python SCRIPT --out DIR FLAGS..., or under RESUME nothing when DIR is already a model, and
+# `python SCRIPT --resume DIR` when DIR holds a checkpoint (the run's own args.json gives the rest).
+train() {
+    local name=$1 script=$2 dir=$3; shift 3
+    if [ -n "$RESUME" ] && [ -f "$dir/config.json" ]; then echo "$name: done ($dir)"; return; fi
+    if [ -n "$RESUME" ] && [ -e "$dir/checkpoint" ]; then stage "$name" python "$script" --resume "$dir"; return; fi
+    stage "$name" python "$script" --out "$dir" "$@"
+}
 
 if [ -n "${DATA:-}" ]; then   # an APIGen-MT-5k file: held-out split, and a cold start from its own reasoning
     SPLIT=$OUT/data
@@ -31,25 +44,46 @@ else                          # the demo world: retail train / held-out / cold s
     stage data       python data.py demo --out $DEMO
     TRAIN=$DEMO/retail_train.json COLD=$DEMO/retail_cold_start.json TEST=$DEMO/retail_test.json
     # every stage bounded by steps or epochs, never by wall time: the same seed and thread count give the same table
-    SFT_FLAGS=${SFT_FLAGS-"--max-steps 1200"}
-    COLD_FLAGS=${COLD_FLAGS-"--epochs 25 --batch-size 8 --warmup 5"}
-    GRPO_FLAGS=${GRPO_FLAGS-"--steps 60"}
+    if [ "$MODEL" = smollm2-135m ]; then
+        # The CPU run of a real model, all its sizes here (measured on 2 cores: ~2.5 s per SFT sample of ~1,100
+        # tokens under LoRA, ~45-60 s per GRPO step of 4 prompts x 4): base SFT 90 steps x 16 samples (~1 h),
+        # cold start 5 epochs of 27 + 81 replayed samples (~20 min), GRPO 30 steps (~25 min), 128 new tokens
+        # (the demo's actions and traces fit; 1,024 is the real-model default), 200 held-out turns, 25 episode tasks
+        # (each episode's KV cache kept: real prompts are ~1,100 tokens, recomputing them every turn costs 10x).
+        SFT_FLAGS=${SFT_FLAGS-"--max-steps 90 --batch-size 8 --grad-accum 2 --save-every 5"}
+        COLD_FLAGS=${COLD_FLAGS-"--epochs 5 --batch-size 8 --grad-accum 1 --warmup 5 --save-every 10"}
+        GRPO_FLAGS=${GRPO_FLAGS-"--steps 30 --prompts-per-step 4 --group-size 4 --max-new-tokens 128 --save-every 5"}
+        EVAL_FLAGS=${EVAL_FLAGS-"--limit 200 --max-new-tokens 128"}
+        EPISODE_FLAGS=${EPISODE_FLAGS-"--max-new-tokens 128 --episode-cache on"}
+        EPISODES=${EPISODES:-25}
+    else
+        SFT_FLAGS=${SFT_FLAGS-"--max-steps 1200"}
+        COLD_FLAGS=${COLD_FLAGS-"--epochs 25 --batch-size 8 --warmup 5"}
+        GRPO_FLAGS=${GRPO_FLAGS-"--steps 60"}
+    fi
 fi
 EVAL_FLAGS=${EVAL_FLAGS-}
+EPISODE_FLAGS=${EPISODE_FLAGS-}
+echo "pipeline: MODEL=$MODEL OUT=$OUT SEED=$SEED${RESUME:+ RESUME=1}" >&2
+echo "  SFT_FLAGS=\"$SFT_FLAGS\" COLD_FLAGS=\"$COLD_FLAGS\" GRPO_FLAGS=\"$GRPO_FLAGS\"" >&2
+echo "  EVAL_FLAGS=\"$EVAL_FLAGS\" EPISODE_FLAGS=\"$EPISODE_FLAGS\" EPISODES=${EPISODES:-100}" >&2
 
 # shellcheck disable=SC2086  # the *_FLAGS are lists of flags: split them
-stage base_sft   python sft.py --mode base --model "$MODEL" --data "$TRAIN" --out "$OUT/sft" --seed "$SEED" \
+train base_sft   sft.py "$OUT/sft" --mode base --model "$MODEL" --data "$TRAIN" --seed "$SEED" \
                      $SFT_FLAGS                                                        # stage 1: no thinking
-stage cold_start python sft.py --mode cold-start --model "$OUT/sft" --data "$COLD" --out "$OUT/cold" --seed "$SEED" \
+train cold_start sft.py "$OUT/cold" --mode cold-start --model "$OUT/sft" --data "$COLD" --seed "$SEED" \
                      $COLD_FLAGS                                                       # stage 2: think, then act (+ replay)
-stage grpo       python grpo.py --model "$OUT/cold" --data "$TRAIN" --out "$OUT/grpo" --seed "$SEED" \
+train grpo       grpo.py "$OUT/grpo" --model "$OUT/cold" --data "$TRAIN" --seed "$SEED" \
                      $GRPO_FLAGS                                                       # stage 3: composite reward
-stage eval       python eval.py --data "$TEST" --out "$OUT/results.json" $EVAL_FLAGS \
+# eval.py --resume keeps the rows its --out file already has and writes the file after each model
+stage eval       python eval.py --data "$TEST" --out "$OUT/results.json" ${RESUME:+--resume} $EVAL_FLAGS \
                      --model "$MODEL" --name vanilla --model "$OUT/sft" --name base_sft \
                      --model "$OUT/cold" --name cold_start --model "$OUT/grpo" --name grpo
 if [ -z "${DATA:-}" ]; then    # whole conversations on each model's own actions, in the demo world (episodes.py)
     stage episodes python eval.py --episodes "${EPISODES:-100}" --trials 4 --seed "$SEED" --out "$OUT/episodes.json" \
+                     ${RESUME:+--resume} $EPISODE_FLAGS \
                      --model "$MODEL" --name vanilla --model "$OUT/sft" --name base_sft \
                      --model "$OUT/cold" --name cold_start --model "$OUT/grpo" --name grpo
 fi
-echo "stage seconds:"; cat "$OUT/times.txt"
+echo "stage seconds:"; awk '{s[$1] += $2; if (!($1 in o)) o[$1] = n++} END {for (k in o) print o[k], k, s[k]}' \
+    "$OUT/times.txt" | sort -n | cut -d' ' -f2-

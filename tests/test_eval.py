@@ -104,3 +104,23 @@ def test_the_evaluation_scores_the_reward_the_run_trained_on(tmp_path, demo_dir,
     assert evaluation.main(["--model", str(tmp_path / "run"), "--data", data, "--limit", "6",
                             "--out", str(tmp_path / "t.json")]) == 0
     assert json.loads((tmp_path / "t.json").read_text())[str(tmp_path / "run")]["reward"] == pytest.approx(1.0)
+
+
+def test_resume_keeps_the_rows_already_written_and_evaluates_the_rest(tmp_path, demo_dir, capsys):
+    """A killed multi-model evaluation keeps its finished rows: the file is written after each model, and --resume
+    evaluates only the rows the file lacks (a kept row is the same object, its timing included), on the same work."""
+    out, data = tmp_path / "results.json", str(demo_dir / "retail_test.json")
+    common = ["--data", data, "--limit", "3", "--max-new-tokens", "4", "--out", str(out)]
+    assert evaluation.main(["--model", "tiny-random", "--name", "a"] + common) == 0
+    first = json.loads(out.read_text())["a"]
+    assert len(first["successes"]) == 3 and first["turns"] == 3
+    assert evaluation.main(["--model", "tiny-random", "--name", "a", "--model", "tiny-random", "--name", "b",
+                            "--baseline", "a", "--resume"] + common) == 0
+    rows = json.loads(out.read_text())
+    assert list(rows) == ["a", "b"] and rows["a"]["seconds"] == first["seconds"]
+    assert rows["b"]["successes"] == first["successes"]       # the same model on the same turns: the same verdicts
+    assert rows["b"]["turn_success_minus_a"] == [0.0, 0.0, 0.0]
+    other = ["--model", "tiny-random", "--name", "a", "--resume"] + common
+    other[other.index("3")] = "2"                             # fewer turns than the kept row was evaluated on
+    assert evaluation.main(other) == 2
+    assert "row 'a' has turns 3, this command 2" in capsys.readouterr().err

@@ -88,3 +88,11 @@ def test_apigen_file_through_pipeline_sh(tmp_path, qwen_random_dir, qwen_tokeniz
     results = json.loads((out / "results.json").read_text())
     assert list(results) == ["vanilla", "base_sft", "cold_start", "grpo"]
     assert results["cold_start"]["thinking"] and results["grpo"]["thinking"] and not results["base_sft"]["thinking"]
+
+    # RESUME=1 after a finished run: every training stage is kept, every evaluated row too (nothing is redone)
+    again = subprocess.run(["bash", str(ROOT / "pipeline.sh")], env=dict(env, RESUME="1"), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name, stage in (("base_sft", "sft"), ("cold_start", "cold"), ("grpo", "grpo")):
+        assert f"{name}: done ({out / stage})" in again.stdout
+    assert json.loads((out / "results.json").read_text()) == results
