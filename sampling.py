@@ -51,6 +51,8 @@ class Generation:
     completion_mask: torch.Tensor   # [B, T] 1 up to and including the first EOS
     truncated: torch.Tensor         # [B] bool: no EOS within max_new_tokens
     prefixes: list[Prefix] | None = None   # with generate(prefixes=...): each prompt's own KV cache, to reuse
+    logprobs: torch.Tensor | None = None   # [B, T] fp32 log softmax(z / T)[token] at sampling time (0 off the mask;
+                                           # the full distribution, not top-p's nucleus); None when greedy
 
     def completion_lists(self) -> list[list[int]]:
         return [ids[mask.bool()].tolist() for ids, mask in zip(self.completion_ids, self.completion_mask)]
@@ -167,11 +169,13 @@ def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id:
     logits, pos = out.logits[:, -1].repeat_interleave(group_size, 0), pos[:, -1:].repeat_interleave(group_size, 0)
     prompt_ids, prompt_mask = (x.to(device).repeat_interleave(group_size, 0) for x in left_pad(prompts, pad_id))
     batch = prompt_ids.shape[0]
-    tokens, done = [], torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens, logprobs, done = [], [], torch.zeros(batch, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
         token = next_token(logits, temperature, top_p, None if noise is None else noise[:, t])
         token = torch.where(done, torch.full_like(token, pad_id), token)   # finished rows emit padding
         tokens.append(token)
+        if temperature > 0:   # what the trainer's log-probs of these tokens must reproduce (tests/test_grpo.py)
+            logprobs.append(torch.log_softmax(logits.float() / temperature, -1).gather(-1, token[:, None])[:, 0])
         done = done | torch.isin(token, eos)
         if done.all():
             break
@@ -184,7 +188,8 @@ def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id:
     # 1 through the first EOS: positions whose count of EOS strictly before them is 0
     eos_before = is_eos.long().cumsum(-1) - is_eos.long()
     completion_mask = (eos_before == 0).long()
-    return Generation(prompt_ids, prompt_mask, completion, completion_mask, ~is_eos.any(-1), kept)
+    sampled_logprobs = torch.stack(logprobs, dim=1) * completion_mask if logprobs else None
+    return Generation(prompt_ids, prompt_mask, completion, completion_mask, ~is_eos.any(-1), kept, sampled_logprobs)
 
 
 def cached_block(prefixes: list[Prefix | None], reused: list[int], width: int, device
@@ -246,4 +251,5 @@ def concatenate(parts: list[Generation], pad_id: int) -> Generation:
                       torch.cat([pad(g.completion_ids, T, pad_id, False) for g in parts]),
                       torch.cat([pad(g.completion_mask, T, 0, False) for g in parts]),
                       torch.cat([g.truncated for g in parts]),
-                      None if parts[0].prefixes is None else [q for g in parts for q in g.prefixes])
+                      None if parts[0].prefixes is None else [q for g in parts for q in g.prefixes],
+                      None if parts[0].logprobs is None else torch.cat([pad(g.logprobs, T, 0, False) for g in parts]))

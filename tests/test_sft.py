@@ -59,6 +59,48 @@ def test_loss_is_the_sum_over_supervised_tokens_of_each_sequence_alone(share):
     assert batch.packed.n_sequence_tokens == 9 and batch.packed.input_ids.numel() == (7 if share else 3 * 4)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("tuning", ["full", "lora"])
+def test_a_shared_prefix_batch_gives_the_padded_batch_loss_and_gradient(tuning, precision):
+    """Three turn samples of one conversation (a 12-token history, then each its own continuation) and one of
+    another: one prefix-tree row with the history once gives the loss and every trainable gradient of the padded
+    batch (a row per sample), under full fine-tuning and LoRA, fp32 and bf16 autocast."""
+    from lora import inject_lora, lora_layers
+    from model import autocast, load
+    model, _ = load("tiny-random")
+    g = torch.Generator().manual_seed(0)
+    if tuning == "lora":
+        inject_lora(model, rank=4, alpha=8)
+        with torch.no_grad():
+            for layer in lora_layers(model).values():
+                layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.05)
+    params = [p for p in model.parameters() if p.requires_grad]
+    history = torch.randint(5, 3000, (12,), generator=g).tolist()
+    sequences = []
+    for k, n in enumerate((5, 2, 7)):
+        target = torch.randint(5, 3000, (n,), generator=g).tolist()
+        sequences.append(sft.Encoded(history + [100 + k] + target, [IGNORE] * 13 + target, "a"))
+    other = torch.randint(5, 3000, (9,), generator=g).tolist()
+    sequences.append(sft.Encoded(other, [IGNORE] * 4 + other[4:], "b"))
+
+    def loss_and_grad(share: bool, precision: str):
+        model.zero_grad()
+        with autocast(precision, "cpu"):
+            total, n = masked_token_nll(model, collate(sequences, 0, share))
+        (total / n).backward()
+        return total.item() / n, torch.cat([p.grad.flatten() for p in params])
+
+    shared, padded = loss_and_grad(True, precision), loss_and_grad(False, precision)
+    assert collate(sequences, 0, True).packed.input_ids.numel() < collate(sequences, 0, False).packed.input_ids.numel()
+    if precision == "fp32":
+        assert shared[0] == pytest.approx(padded[0], abs=1e-6) and torch.allclose(shared[1], padded[1], atol=1e-6)
+    else:   # bf16 rounds each layout differently: sharing must add no error beyond bf16's own (tests/test_grpo.py)
+        exact = loss_and_grad(False, "fp32")
+        bf16_error = (padded[1] - exact[1]).norm()
+        assert 0 < bf16_error < 0.1 * exact[1].norm() and (shared[1] - exact[1]).norm() < 2 * bf16_error
+        assert abs(shared[0] - exact[0]) < 2 ** -8 * abs(exact[0])   # within bf16's relative resolution
+
+
 def test_a_batch_keeps_each_conversation_together_in_one_row():
     encoded = [sft.Encoded([1] * n, [1] * n, c) for c, n in [("a", 3), ("b", 2), ("a", 4), ("c", 5), ("b", 1)]]
     batches = sft.conversation_batches(encoded, 16, seed=0, epoch=0)
