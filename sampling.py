@@ -9,7 +9,8 @@ with a mask that covers the tokens up to and including that EOS. Sampling reads 
 position (sampling_noise) through the inverse CDF, so a row's completion depends on its prompt and its noise only,
 not on which rows share its batch: a chunked rollout, or the ranks of a distributed run (parallel.py) each holding
 a share of the groups, sample what one batch would. The KV cache is written in place (PreallocatedLayer), and a
-prompt that starts with a cached Prefix (an episode's next turn) computes only the rest of its prompt.
+prompt that starts with a cached Prefix (an episode's next turn) computes only the rest of its prompt; the tokens
+every prompt of a chunk starts with (the system prompt and tools) are computed once for all of them (share_prefix).
 """
 
 from __future__ import annotations
@@ -41,6 +42,27 @@ def reusable(prompt: list[int], prefix: Prefix | None) -> int:
             break
         n += 1
     return n
+
+
+def common_prefix(prompts: list[list[int]]) -> list[int]:
+    """The leading tokens every prompt shares, less at least each prompt's last token (reusable)."""
+    shortest = min(len(p) for p in prompts) - 1
+    n = 0
+    while n < shortest and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return prompts[0][:n]
+
+
+def prefill(model, ids: list[int]) -> Prefix:
+    """The KV cache of `ids` alone (one row, positions 0..n-1): a Prefix any prompt starting with them can reuse."""
+    device = next(model.parameters()).device
+    cache = DynamicCache(config=model.config)
+    model(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True, logits_to_keep=1)
+    return Prefix(ids, [layer.keys[0] for layer in cache.layers], [layer.values[0] for layer in cache.layers])
+
+
+# Below this many shared tokens, computing them apart costs more than it saves (one extra forward call).
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass
@@ -117,12 +139,14 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, u: torch.
 def generate(model, prompts: list[list[int]], *, eos_ids: list[int], pad_id: int, group_size: int = 1,
              max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
              noise: torch.Tensor | None = None, rollout_batch: int | None = None,
-             prefixes: list[Prefix | None] | None = None) -> Generation:
+             prefixes: list[Prefix | None] | None = None, share_prefix: bool = True) -> Generation:
     """Sample `group_size` completions for each prompt (temperature 0 = greedy), with a KV cache; noise
     [prompts x group_size, max_new_tokens] (sampling_noise) is required when temperature > 0.
 
     prefixes (one per prompt, or None): a cached Prefix whose tokens a prompt starts with is not computed again,
     only the rest of the prompt is prefilled (reusable); the result then holds each prompt's own Prefix.
+    share_prefix: the tokens that all prompts of a chunk start with (common_prefix, at least MIN_SHARED_PREFIX) are
+    prefilled once and serve each prompt that no longer cached Prefix serves: the same completions, to float rounding.
 
     Rows go through in chunks of whole groups, at most `rollout_batch` rows each (at least one group), so the
     KV cache holds at most that many rows whatever prompts x group_size is; row i of the result is completion
@@ -134,20 +158,26 @@ def generate(model, prompts: list[list[int]], *, eos_ids: list[int], pad_id: int
     rows = per_chunk * group_size
     parts = [generate_groups(model, prompts[k:k + per_chunk], eos_ids, pad_id, group_size, max_new_tokens,
                              temperature, top_p, None if noise is None else noise[k * group_size:k * group_size + rows],
-                             None if prefixes is None else prefixes[k:k + per_chunk])
+                             None if prefixes is None else prefixes[k:k + per_chunk], share_prefix)
              for k in range(0, len(prompts), per_chunk)]
     return concatenate(parts, pad_id)
 
 
 def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id: int, group_size: int,
                     max_new_tokens: int, temperature: float, top_p: float, noise: torch.Tensor | None,
-                    prefixes: list[Prefix | None] | None = None) -> Generation:
+                    prefixes: list[Prefix | None] | None = None, share_prefix: bool = False) -> Generation:
     """One chunk: each prompt is prefilled once, and its KV cache and next-token logits are shared by its G rows
     (G times less prefill compute and activation memory than prefilling G copies). With prefixes, row i's cache is
     [padding][its reused prefix][padding][the rest of its prompt], the mask 0 on the padding: positions count real
     tokens only, so each prompt is computed as it would be alone."""
     device = next(model.parameters()).device
-    reused = [reusable(p, q) for p, q in zip(prompts, prefixes)] if prefixes is not None else [0] * len(prompts)
+    keep = prefixes is not None   # the caller keeps each prompt's own cache (an episode's next turn reuses it)
+    prefixes = prefixes if keep else [None] * len(prompts)
+    common = common_prefix(prompts) if share_prefix and len(prompts) > 1 else []
+    if len(common) >= MIN_SHARED_PREFIX:
+        shared = prefill(model, common)
+        prefixes = [q if reusable(p, q) >= len(common) else shared for p, q in zip(prompts, prefixes)]
+    reused = [reusable(p, q) for p, q in zip(prompts, prefixes)]
     width = max(reused)
     rest_ids, rest_mask = left_pad([p[n:] for p, n in zip(prompts, reused)], pad_id)
     reused_mask = torch.tensor([[0] * (width - n) + [1] * n for n in reused], dtype=torch.long).view(len(prompts), width)
@@ -161,7 +191,7 @@ def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id:
     pos = positions(mask)
     out = model(input_ids=rest_ids, attention_mask=mask, position_ids=pos[:, width:], cache=cache, use_cache=True,
                 logits_to_keep=1)
-    kept = None if prefixes is None else [
+    kept = None if not keep else [
         Prefix(p, [layer.keys[i][:, mask[i].bool()] for layer in cache.layers],
                [layer.values[i][:, mask[i].bool()] for layer in cache.layers]) for i, p in enumerate(prompts)]
     cache.batch_repeat_interleave(group_size)   # row i of the group batch continues prompt i // G

@@ -215,3 +215,32 @@ def test_a_reused_prefix_gives_the_completions_of_a_full_prefill(temperature):
     # the cache of a prompt reused in full is the cache of its own prefill
     again = run(later, reused.prefixes).prefixes
     assert all(torch.allclose(a, b, atol=1e-5) for q, r in zip(again, reused.prefixes) for a, b in zip(q.keys, r.keys))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_prefix_shared_by_every_prompt_is_computed_once_and_changes_no_completion(temperature):
+    """Prompts that start alike (a 40-token system prompt and tools, then each its own conversation), in groups of
+    G = 2: with share_prefix the shared tokens are prefilled once, not once per prompt, and every completion is the
+    one a full prefill of each prompt gives (greedy, and sampled with the same noise)."""
+    model, tok = load("tiny")
+    model.eval()
+    g = torch.Generator().manual_seed(4)
+    system = torch.randint(5, 4000, (40,), generator=g).tolist()
+    prompts = [system + torch.randint(5, 4000, (n,), generator=g).tolist() for n in (3, 11, 6)]
+    computed = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: computed.append(i[0].numel()))
+
+    def run(share):
+        computed.clear()
+        noise = sampling_noise(6, 10, torch.Generator().manual_seed(3)) if temperature else None
+        out = generate(model, prompts, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, group_size=2,
+                       max_new_tokens=10, temperature=temperature, noise=noise, share_prefix=share)
+        return out, computed[:2 if share else 1]
+    (alone, prefill_alone), (shared, prefill_shared) = run(False), run(True)
+    hook.remove()
+    assert prefill_alone == [3 * (40 + 11)]                      # three prompts left-padded to the longest
+    assert prefill_shared == [40, 3 * 11]                        # the shared 40 once, then each prompt's rest
+    assert torch.equal(alone.completion_ids, shared.completion_ids)
+    assert torch.equal(alone.completion_mask, shared.completion_mask) and torch.equal(alone.prompt_ids, shared.prompt_ids)
+    if temperature:
+        assert torch.allclose(alone.logprobs, shared.logprobs, atol=1e-5)
