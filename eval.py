@@ -2,6 +2,7 @@
 
     python eval.py --model tiny --model runs/sft --data D/retail_test.json [--thinking on|off] [--out table.json]
     python eval.py --model runs/grpo --episodes 100 [--trials 4] [--show 2]    whole conversations (episodes.py)
+    python eval.py --model runs/grpo --bfcl simple_python,irrelevance          BFCL, scored by BFCL (bfcl.py)
 
 Each held-out turn is decoded greedily from its context and compared with the reference action:
 
@@ -124,9 +125,16 @@ def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, 
     """Completions (text, truncated) for each sample, batched by prompt length; greedy unless a temperature.
     prefixes: each sample's cached sampling.Prefix (or None), reused where its prompt starts with it, and replaced
     in place by the sample's own prompt's."""
-    prompts = [prompt_ids(tokenizer, s, thinking) for s in samples]
-    order = sorted(range(len(samples)), key=lambda i: len(prompts[i]))
-    outputs: list[tuple[str, bool]] = [("", True)] * len(samples)
+    return complete(model, tokenizer, [prompt_ids(tokenizer, s, thinking) for s in samples], batch_size,
+                    max_new_tokens, precision, progress, temperature, generator, prefixes)
+
+
+def complete(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int, precision: str,
+             progress: bool = False, temperature: float = 0.0, generator: torch.Generator | None = None,
+             prefixes: list | None = None) -> list[tuple[str, bool]]:
+    """generate_texts on prompts already tokenised (a benchmark's own prompts: bfcl.py)."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outputs: list[tuple[str, bool]] = [("", True)] * len(prompts)
     device = next(model.parameters()).device
     for k in tqdm(range(0, len(order), batch_size), desc="eval", disable=not progress, dynamic_ncols=True):
         idx = order[k:k + batch_size]
@@ -217,7 +225,8 @@ def format_table(rows: dict[str, dict[str, float]], columns: list[str] = COLUMNS
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Evaluate models on held-out turn samples; one table, a row per model.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", action="append", required=True, help="repeat for several models (rows)")
+    p.add_argument("--model", action="append", help="repeat for several models (rows); required but with "
+                   "--completions")
     p.add_argument("--name", action="append", help="row names, in --model order (default: the model paths)")
     p.add_argument("--data", default="demo:test", help="held-out APIGen-MT-5k or next-action test file, or a demo split")
     p.add_argument("--thinking", choices=["on", "off", "auto"], default="auto",
@@ -240,11 +249,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episode-cache", choices=["on", "off", "auto"], default="auto", help="episodes: keep each "
                    "episode's KV cache between turns and compute only what is new (the same completions); auto = on "
                    "for a tiny model, off for a real one, whose caches for every episode at once would not fit")
+    p.add_argument("--bfcl", metavar="CATEGORIES", help="the Berkeley Function Calling Leaderboard instead: comma-"
+                   "separated categories (simple_python, multiple, parallel, parallel_multiple, irrelevance, live_*), "
+                   "prompted, decoded and scored as BFCL does, by BFCL's code (bfcl.py); --limit N entries of each")
+    p.add_argument("--completions", metavar="FILE", help="--bfcl: score these completions (JSON lines {\"id\", "
+                   "\"completion\"}) instead of generating; no model is loaded")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="compute precision (autocast; auto: bf16 on a GPU, fp32 on the CPU)")
     args = p.parse_args(argv)
     precision = resolve_precision(args.precision, args.device)
+    if args.completions and not args.bfcl:
+        p.error("--completions goes with --bfcl")
+    if not args.model and not args.completions:
+        p.error("--model is required (or --bfcl with --completions)")
+    args.model = args.model or [args.completions]
     names = args.name or args.model
     if len(names) != len(args.model):
         p.error("give one --name per --model")
@@ -256,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     def body():
         if args.episodes:
             return evaluate_episodes(args, names, precision)
+        if args.bfcl:
+            return evaluate_bfcl(args, names, precision)
         samples = load_turn_samples(resolve_data(args.data))[0][:args.limit]
         what = {"data": args.data, "turns": len(samples)}
         rows = kept_rows(args, what)
@@ -351,6 +372,45 @@ def evaluate_episodes(args, names: list[str], precision: str) -> None:
     print(f"\ntask success, 95% interval (bootstrap over the {len(tasks)} tasks, each the mean of its trials):")
     for name in names:
         print(f"  {name:<14} {show(rows[name]['task_success'], *rows[name]['task_success_ci'])}")
+    write_rows(args.out, rows)
+
+
+def evaluate_bfcl(args, names: list[str], precision: str) -> None:
+    """BFCL's accuracy per category and its summary groups, a row per model (or per --completions file)."""
+    import tempfile
+
+    import bfcl   # its optional package (requirements-bfcl.txt) is imported only here
+    categories = bfcl.parse_categories(args.bfcl)
+    rows, score_root = kept_rows(args, {"bfcl": args.bfcl, "limit": args.limit}), Path(tempfile.mkdtemp())
+    for name, model_name in zip(names, args.model):
+        if name in rows:
+            continue
+        t0, results = time.perf_counter(), {}
+        if args.completions:
+            completions = bfcl.read_completions(args.completions)
+        else:
+            model, tokenizer = load(model_name, device=args.device)
+            model.eval()
+            settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
+        for category in categories:
+            if not args.completions:
+                entries = bfcl.entries(category, args.limit, with_hint=True)
+                prompts = [tokenizer(bfcl.prompt_text(tokenizer, e), add_special_tokens=False)["input_ids"]
+                           for e in entries]
+                texts = complete(model, tokenizer, prompts, settings["batch_size"], settings["max_new_tokens"],
+                                 precision, progress=True)
+                completions = {e["id"]: text for e, (text, _) in zip(entries, texts)}
+            results[category] = bfcl.score(category, completions, args.limit, score_root / name.replace("/", "_"))
+        rows[name] = {**{c: r["accuracy"] for c, r in results.items()}, **bfcl.summary(results),
+                      "categories": results, "seconds": round(time.perf_counter() - t0, 1), "bfcl": args.bfcl,
+                      "limit": args.limit}
+        write_rows(args.out, rows)
+    rows = {name: rows[name] for name in names}
+    print(format_table(rows, categories + list(bfcl.GROUPS)))
+    print("\naccuracy, 95% interval (bootstrap over each category's entries; scored by bfcl-eval's own runner):")
+    for name in names:
+        print(f"  {name:<14} " + "   ".join(f"{c} {show(r['accuracy'], *r['accuracy_ci'])}"
+                                            for c, r in rows[name]["categories"].items()))
     write_rows(args.out, rows)
 
 

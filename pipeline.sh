@@ -46,12 +46,13 @@ else                          # the demo world: retail train / held-out / cold s
     # every stage bounded by steps or epochs, never by wall time: the same seed and thread count give the same table
     if [ "$MODEL" = smollm2-135m ]; then
         # The CPU run of a real model, all its sizes here (measured on 2 cores: ~2.5 s per SFT sample of ~1,100
-        # tokens under LoRA, ~45-60 s per GRPO step of 4 prompts x 4): base SFT 90 steps x 16 samples (~1 h),
-        # cold start 5 epochs of 27 + 81 replayed samples (~20 min), GRPO 30 steps (~25 min), 128 new tokens
+        # tokens under LoRA, ~45-60 s per GRPO step of 4 prompts x 4): base SFT 90 steps x 16 samples (57 min),
+        # cold start 3 epochs of 96 + 96 replayed samples (~25 min; micro-batches of 2: 8 samples of 8 conversations
+        # in one micro-batch took 24 GB and were killed), GRPO 30 steps (~25 min), 128 new tokens
         # (the demo's actions and traces fit; 1,024 is the real-model default), 200 held-out turns, 25 episode tasks
         # (each episode's KV cache kept: real prompts are ~1,100 tokens, recomputing them every turn costs 10x).
         SFT_FLAGS=${SFT_FLAGS-"--max-steps 90 --batch-size 8 --grad-accum 2 --save-every 5"}
-        COLD_FLAGS=${COLD_FLAGS-"--epochs 5 --batch-size 8 --grad-accum 1 --warmup 5 --save-every 10"}
+        COLD_FLAGS=${COLD_FLAGS-"--epochs 3 --replay-ratio 1 --batch-size 2 --grad-accum 4 --warmup 5 --save-every 10"}
         GRPO_FLAGS=${GRPO_FLAGS-"--steps 30 --prompts-per-step 4 --group-size 4 --max-new-tokens 128 --save-every 5"}
         EVAL_FLAGS=${EVAL_FLAGS-"--limit 200 --max-new-tokens 128"}
         EPISODE_FLAGS=${EPISODE_FLAGS-"--max-new-tokens 128 --episode-cache on"}

@@ -1,0 +1,161 @@
+"""The Berkeley Function Calling Leaderboard (bfcl-eval==2026.3.23), scored by BFCL's own code, never ours.
+
+    python eval.py --model M --bfcl simple_python,multiple,irrelevance [--limit N] [--out F]
+    python eval.py --bfcl simple_python --completions FILE       completions made elsewhere, no model loaded:
+                                                                   JSON lines {"id": BFCL entry id, "completion": text}
+
+What is BFCL's and what is this project's:
+  prompts     BFCL's: its loader (`bfcl_eval.utils.load_dataset_entry`: the entry's messages and function docs, with
+              the note on Python syntax BFCL adds to each description at generation), rendered as BFCL's Qwen FC
+              handler renders them (tools = the raw docs, "type": "dict" kept, no system prompt of BFCL's), here
+              through the model's chat template: for a Qwen3-format template the same text as
+              `QwenFCHandler._format_prompt` (tests/test_bfcl.py), thinking on (the handler leaves it to the model)
+  generation  ours: greedy, --max-new-tokens
+  decoding    BFCL's: the text after </think> is the result, as `QwenFCHandler._parse_query_response_prompting` keeps
+              it; `QwenFCHandler.decode_ast` (`<tool_call>\\n(.*?)\\n</tool_call>`, json.loads) inside the runners
+  verdict     BFCL's: `eval_runner.ast_file_runner` (decode, format check, `ast_checker`) and
+              `eval_runner.relevance_file_runner` (irrelevance passes when no call decodes, relevance when one does);
+              their accuracy is the number reported, their score file the per-entry verdicts
+  summary     BFCL's groups, for the categories run: Non-Live AST = mean of simple_python, multiple, parallel,
+              parallel_multiple (BFCL's Simple also averages Java and JavaScript, not run here); Live AST = mean of the
+              live AST categories weighted by their entry counts; Irrelevance = mean of irrelevance, live_irrelevance
+
+Only Python categories: the Java and JavaScript ones need BFCL's type conversions of those languages, and the
+multi-turn ones execute the model's calls with eval() (BFCL's multi_turn_utils), which this project never does with
+model output. Install: pip install -r requirements-bfcl.txt && pip install --no-deps bfcl-eval==2026.3.23 (its
+full dependency list pulls every hosted model's SDK and CUDA wheels, 6.3 GB; none of them scores).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+from cli import BadInput
+from model import CACHE_DIR
+from stats import mean_ci
+
+AST_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "live_simple", "live_multiple",
+                  "live_parallel", "live_parallel_multiple")
+RELEVANCE_CATEGORIES = ("irrelevance", "live_irrelevance", "live_relevance")
+CATEGORIES = AST_CATEGORIES + RELEVANCE_CATEGORIES
+GROUPS = {"non_live_ast": ("simple_python", "multiple", "parallel", "parallel_multiple"),
+          "live_ast": ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple"),
+          "irrelevance": ("irrelevance", "live_irrelevance")}
+WEIGHTED_GROUPS = {"live_ast"}   # BFCL weights these by entry count; the others are plain means
+# The handler and registry name BFCL gives Qwen3 in FC mode; its scorer reads only `underscore_to_dot` from it.
+HANDLER_MODEL, REGISTRY_NAME = "Qwen/Qwen3-8B", "Qwen/Qwen3-8B-FC"
+INSTALL = "pip install -r requirements-bfcl.txt && pip install --no-deps bfcl-eval==2026.3.23"
+
+
+def bfcl():
+    """BFCL's modules (eval_runner, QwenFCHandler, the loaders), imported once. BFCL writes result/score folders
+    under $BFCL_PROJECT_ROOT (set to a cache folder here). Its registry of models, `constants.model_config`, imports
+    the SDK of every hosted model it supports (17 packages) to build handler classes; the scorer reads one field of
+    one entry of it (underscore_to_dot, False for Qwen FC), so that one module is replaced by that one entry."""
+    if "bfcl_eval.eval_checker.eval_runner" in sys.modules:
+        return sys.modules["bfcl_eval.eval_checker.eval_runner"], sys.modules[
+            "bfcl_eval.model_handler.local_inference.qwen_fc"].QwenFCHandler
+    if importlib.util.find_spec("bfcl_eval") is None:
+        raise BadInput(f"--bfcl needs BFCL's package: {INSTALL}")
+    os.environ.setdefault("BFCL_PROJECT_ROOT", str(CACHE_DIR / "bfcl"))
+    registry = types.ModuleType("bfcl_eval.constants.model_config")
+    registry.MODEL_CONFIG_MAPPING = {REGISTRY_NAME: types.SimpleNamespace(underscore_to_dot=False)}
+    sys.modules["bfcl_eval.constants.model_config"] = registry
+    try:
+        from bfcl_eval.eval_checker import eval_runner
+        from bfcl_eval.model_handler.local_inference.qwen_fc import QwenFCHandler
+    except ImportError as e:
+        raise BadInput(f"--bfcl: {e}; {INSTALL}") from None
+    return eval_runner, QwenFCHandler
+
+
+def handler():
+    _, QwenFCHandler = bfcl()
+    return QwenFCHandler(model_name=HANDLER_MODEL, temperature=0.0, registry_name=REGISTRY_NAME, is_fc_model=True)
+
+
+def parse_categories(spec: str) -> list[str]:
+    names = [c.strip() for c in spec.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CATEGORIES]
+    if unknown or not names:
+        raise BadInput(f"--bfcl {spec}: unknown categories {unknown}; choose from {', '.join(CATEGORIES)}")
+    return names
+
+
+def entries(category: str, limit: int | None, with_hint: bool) -> list[dict]:
+    """The category's first `limit` entries as BFCL loads them: with its language note for generation, without for
+    scoring (as its runner does)."""
+    eval_runner, _ = bfcl()
+    return eval_runner.load_dataset_entry(category, include_prereq=False,
+                                          include_language_specific_hint=with_hint)[:limit]
+
+
+def prompt_text(tokenizer, entry: dict) -> str:
+    """The entry as BFCL presents it to a Qwen FC model, through the model's chat template."""
+    return tokenizer.apply_chat_template(entry["question"][0], tools=entry["function"], tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=True)
+
+
+def result_text(completion: str) -> str:
+    """What BFCL keeps of a completion as the model's result: the text after </think>, as
+    QwenFCHandler._parse_query_response_prompting keeps it (its own method, on the completion alone)."""
+    response = types.SimpleNamespace(choices=[types.SimpleNamespace(text=completion)],
+                                     usage=types.SimpleNamespace(prompt_tokens=0, completion_tokens=0))
+    return handler()._parse_query_response_prompting(response)["model_responses"]
+
+
+def score(category: str, completions: dict[str, str], limit: int | None, score_dir: Path) -> dict:
+    """BFCL's own runner on one category: its accuracy, and each entry's verdict (from its score file)."""
+    eval_runner, _ = bfcl()
+    prompts = entries(category, limit, with_hint=False)
+    missing = [e["id"] for e in prompts if e["id"] not in completions]
+    if missing:
+        raise BadInput(f"--bfcl {category}: no completion for {len(missing)} entries (first: {missing[0]})")
+    model_result = [{"id": e["id"], "result": result_text(completions[e["id"]])} for e in prompts]
+    name = REGISTRY_NAME.replace("/", "_")
+    if category in RELEVANCE_CATEGORIES:
+        accuracy, total = eval_runner.relevance_file_runner(handler(), model_result, prompts, name, category,
+                                                            score_dir)
+    else:
+        answers = eval_runner.load_ground_truth_entry(category)[:len(prompts)]
+        accuracy, total = eval_runner.ast_file_runner(handler(), model_result, prompts, answers, category, name,
+                                                      score_dir)
+    score_file = next((score_dir / name).rglob(f"*_{category}_score.json"))
+    failed = {json.loads(line)["id"]: json.loads(line) for line in score_file.read_text().splitlines()[1:]}
+    verdicts = [{"id": e["id"], "valid": e["id"] not in failed,
+                 **({"error_type": failed[e["id"]].get("error_type")} if e["id"] in failed else {})} for e in prompts]
+    mean, low, high = mean_ci([[float(v["valid"]) for v in verdicts]])
+    assert abs(mean - accuracy) < 1e-12, (category, mean, accuracy)   # the verdicts are the runner's own
+    return {"accuracy": accuracy, "accuracy_ci": [low, high], "entries": total, "verdicts": verdicts}
+
+
+def summary(results: dict[str, dict]) -> dict[str, float]:
+    """BFCL's summary groups over the categories that were run (a group only when all its categories were)."""
+    out = {}
+    for group, members in GROUPS.items():
+        if all(c in results for c in members):
+            if group in WEIGHTED_GROUPS:
+                total = sum(results[c]["entries"] for c in members)
+                out[group] = sum(results[c]["accuracy"] * results[c]["entries"] for c in members) / total
+            else:
+                out[group] = sum(results[c]["accuracy"] for c in members) / len(members)
+    return out
+
+
+def read_completions(path: str) -> dict[str, str]:
+    """--completions FILE: JSON lines {"id", "completion"}; a bad line is an error naming the file and line."""
+    completions = {}
+    for k, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            completions[str(record["id"])] = str(record["completion"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise BadInput(f"{path}: line {k}: not a JSON object with 'id' and 'completion' ({e})") from None
+    return completions
