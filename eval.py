@@ -345,7 +345,7 @@ def write_rows(out: str | None, rows: dict) -> None:
 def evaluate_episodes(args, names: list[str], precision: str) -> None:
     """The episode table across models (episodes.py), with --show transcripts."""
     tasks = load_tasks(args.episodes, args.seed)
-    what = {"episodes": str(args.episodes), "trials": args.trials, "seed": args.seed, "turn_limit": args.turn_limit,
+    what = {"episodes": str(args.episodes), "trials": args.trials, "seed": args.seed, "agent_turn_limit": args.turn_limit,
             "temperature": args.temperature}
     rows = kept_rows(args, what)
     for name, model_name in zip(names, args.model):
