@@ -131,7 +131,7 @@ def bench_grpo_step(model_name: str, model, tok, samples, prompts, precision: st
     args = configs["shared"]
     models = {name: copy.deepcopy(model).train() for name in configs}
     ref = copy.deepcopy(model).eval().requires_grad_(False)
-    steppers, records, step = {}, {}, [0]
+    steppers, records, steps = {}, {}, {name: 0 for name in configs}   # each config sees the same seeds
     for name, config in configs.items():
         params = [p for p in models[name].parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=config.lr)
@@ -139,8 +139,8 @@ def bench_grpo_step(model_name: str, model, tok, samples, prompts, precision: st
 
         def one(name=name, config=config, params=params, opt=opt, constant=constant):
             records[name] = grpo.grpo_step(models[name], tok, ref, opt, constant, params, samples, prompts,
-                                           torch.Generator().manual_seed(step[0]), config, True, RewardWeights())
-            step[0] += 1
+                                           torch.Generator().manual_seed(steps[name]), config, True, RewardWeights())
+            steps[name] += 1
         steppers[name] = one
     seconds = alternating(steppers)
     gen, _, _ = grpo.rollout(model.eval(), tok, samples, prompts, 0, torch.Generator().manual_seed(0), args, True,

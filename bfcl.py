@@ -18,7 +18,8 @@ What is BFCL's and what is this project's:
               their accuracy is the number reported, their score file the per-entry verdicts
   summary     BFCL's groups, for the categories run: Non-Live AST = mean of simple_python, multiple, parallel,
               parallel_multiple (BFCL's Simple also averages Java and JavaScript, not run here); Live AST = mean of the
-              live AST categories weighted by their entry counts; Irrelevance = mean of irrelevance, live_irrelevance
+              live AST categories weighted by their entry counts; Irrelevance (irrelevance_overall) = mean of irrelevance,
+              live_irrelevance
 
 Only Python categories: the Java and JavaScript ones need BFCL's type conversions of those languages, and the
 multi-turn ones execute the model's calls with eval() (BFCL's multi_turn_utils), which this project never does with
@@ -28,6 +29,7 @@ full dependency list pulls every hosted model's SDK and CUDA wheels, 6.3 GB; non
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -43,9 +45,10 @@ AST_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", 
                   "live_parallel", "live_parallel_multiple")
 RELEVANCE_CATEGORIES = ("irrelevance", "live_irrelevance", "live_relevance")
 CATEGORIES = AST_CATEGORIES + RELEVANCE_CATEGORIES
+# Named apart from the categories: a row holds both (BFCL's own "Irrelevance" group shares a category's name).
 GROUPS = {"non_live_ast": ("simple_python", "multiple", "parallel", "parallel_multiple"),
           "live_ast": ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple"),
-          "irrelevance": ("irrelevance", "live_irrelevance")}
+          "irrelevance_overall": ("irrelevance", "live_irrelevance")}
 WEIGHTED_GROUPS = {"live_ast"}   # BFCL weights these by entry count; the others are plain means
 # The handler and registry name BFCL gives Qwen3 in FC mode; its scorer reads only `underscore_to_dot` from it.
 HANDLER_MODEL, REGISTRY_NAME = "Qwen/Qwen3-8B", "Qwen/Qwen3-8B-FC"
@@ -74,7 +77,9 @@ def bfcl():
     return eval_runner, QwenFCHandler
 
 
+@functools.cache
 def handler():
+    """BFCL's Qwen FC handler, built once (its decoding and response parsing are used for every entry)."""
     _, QwenFCHandler = bfcl()
     return QwenFCHandler(model_name=HANDLER_MODEL, temperature=0.0, registry_name=REGISTRY_NAME, is_fc_model=True)
 

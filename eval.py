@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import defaultdict
@@ -37,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from cli import BadInput, run_cli
-from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data
+from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data, write_json_atomic
 from episodes import load_tasks, run_episodes, score, transcript
 from model import PRECISIONS, autocast, eos_ids, is_tiny, load, resolve_precision, special_tokens, trained_as
 from rewards import RewardWeights, action_correct, composite_reward, r_decision, r_format
@@ -335,18 +334,16 @@ def kept_rows(args, what: dict) -> dict[str, dict]:
 
 
 def write_rows(out: str | None, rows: dict) -> None:
-    """The table as JSON in --out, replaced in one rename (a kill never leaves half a file)."""
+    """The table as JSON in --out, whole or not at all (data.write_json_atomic)."""
     if out:
-        tmp = Path(f"{out}.tmp")
-        tmp.write_text(json.dumps(rows, indent=1) + "\n")
-        os.replace(tmp, out)
+        write_json_atomic(Path(out), rows)
 
 
 def evaluate_episodes(args, names: list[str], precision: str) -> None:
     """The episode table across models (episodes.py), with --show transcripts."""
     tasks = load_tasks(args.episodes, args.seed)
-    what = {"episodes": str(args.episodes), "trials": args.trials, "seed": args.seed, "agent_turn_limit": args.turn_limit,
-            "temperature": args.temperature}
+    what = {"episodes": str(args.episodes), "trials": args.trials, "seed": args.seed,
+            "agent_turn_limit": args.turn_limit, "temperature": args.temperature}
     rows = kept_rows(args, what)
     for name, model_name in zip(names, args.model):
         if name in rows:
