@@ -1,7 +1,8 @@
 """Benchmarks: print numbers, assert nothing.
 
-    python bench.py [--model M]     generation (ours vs model.generate), the shared-prefix cache at inference, SFT
-                                    tokens/s, a GRPO step's time split and the token positions it computes against the
+    python bench.py [--model M]     generation (ours vs model.generate), the shared-prefix cache at inference
+                                    (held-out prompts; episodes' KV cache), SFT tokens/s with and without the shared
+                                    prefix, a GRPO step's time split and the token positions it computes against the
                                     minimum, with and without the shared prefix (--model tiny by default)
     python bench.py --vs-trl        GRPO step time against TRL's GRPOTrainer on the same work, steps alternating
                                     (pip install -r requirements-bench.txt: TRL is not a dependency of the project)
@@ -31,7 +32,7 @@ from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, TrainerCa
 import grpo
 from data import load_turn_samples, prompt_ids, resolve_data
 from lora import inject_lora
-from model import autocast, eos_ids, load
+from model import autocast, eos_ids, is_tiny, load
 from rewards import RewardWeights, composite_reward
 from sampling import common_prefix, generate, sampling_noise
 from sft import Encoded, collate, sft_step
@@ -83,6 +84,26 @@ def bench_prefix_cache(model, tok, samples, precision: str, n_new: int = 32) -> 
           f"({s['shared'] / s['whole']:.2f}x); same completions: {'yes' if same else 'no'}")
 
 
+def bench_episode_cache(model, tok, precision: str, n_tasks: int = 2, n_new: int = 64) -> None:
+    """Greedy whole conversations (episodes.py, one trial of n_tasks tasks) with each episode's KV cache kept
+    between turns and without (eval.py --episode-cache on / off): seconds of one run each, and whether the
+    transcripts agree."""
+    from episodes import load_tasks, run_episodes, transcript
+    from eval import episode_agent
+    tasks = load_tasks(str(n_tasks), 0)
+
+    def run(reuse: bool):
+        agent = episode_agent(model, tok, False, {"batch_size": 16, "max_new_tokens": n_new}, precision, 0.0,
+                              torch.Generator().manual_seed(0), reuse)
+        t0 = time.perf_counter()
+        episodes = run_episodes(agent, tasks, 1, 12, 0)
+        return time.perf_counter() - t0, [transcript(e) for e in episodes], sum(e.agent_turns for e in episodes)
+    (cached, a, turns), (whole, b, _) = run(True), run(False)
+    print(f"episodes, greedy, {n_tasks} tasks x 1 trial, {turns} agent turns, up to {n_new} new tokens a turn: "
+          f"{cached:.1f} s with each episode's KV cache kept, {whole:.1f} s recomputing each prompt "
+          f"({cached / whole:.2f}x, one run each); same transcripts: {'yes' if a == b else 'no'}")
+
+
 def bench_model(model_name: str, precision: str, group: int, new_tokens: int) -> None:
     model, tok = load(model_name)
     model.eval()
@@ -107,14 +128,24 @@ def bench_model(model_name: str, precision: str, group: int, new_tokens: int) ->
         print(f"generation {label:12s} batch {G} x {n_new} new tokens: sampling.py {G * n_new / ours_s:7.0f} tok/s, "
               f"model.generate {G * n_new / hf_s:7.0f} tok/s   (first sample finished {int(ours.completion_mask[0].sum())} tokens)")
     bench_prefix_cache(model, tok, samples, precision)
-    batch = collate([Encoded(p, p, f"prompt {i}") for i, p in enumerate(prompts)], tok.pad_token_id)
+    bench_episode_cache(model, tok, precision)
+    # A real model's rows are ~1,100 tokens: 8 unshared rows keep 8 x heads x L^2 attention weights per layer for
+    # backward (the cold start's 8-row micro-batches took 24 GB), so 4 of them
+    sft_prompts = prompts[:8 if is_tiny(model_name) else 4]
+    encoded = [Encoded(p, p, f"prompt {i}") for i, p in enumerate(sft_prompts)]
+    batches = {share: collate(encoded, tok.pad_token_id, share=share) for share in (True, False)}
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
-    seconds = timed(lambda: sft_step(model, opt, constant, params, [batch], max_grad_norm=1.0, precision=precision))
-    print(f"SFT step, batch {len(prompts)} x up to {max(map(len, prompts))} tokens: "
-          f"{batch.packed.n_sequence_tokens / seconds:7.0f} tok/s")
+    s = alternating({share: lambda share=share: sft_step(model, opt, constant, params, [batches[share]],
+                                                         max_grad_norm=1.0, precision=precision)
+                     for share in (True, False)})
+    n = batches[True].packed.n_sequence_tokens
+    print(f"SFT step, batch {len(sft_prompts)} x up to {max(map(len, sft_prompts))} tokens ({n} sequence tokens; "
+          f"positions computed {batches[True].packed.input_ids.numel()} shared, "
+          f"{batches[False].packed.input_ids.numel()} a row each): {n / s[True]:7.0f} tok/s shared prefix, "
+          f"{n / s[False]:7.0f} tok/s a row each ({s[True] / s[False]:.2f}x the time, median of 3 alternating)")
     bench_grpo_step(model_name, model, tok, samples, prompts, precision, group, new_tokens)
 
 

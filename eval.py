@@ -253,6 +253,15 @@ def main(argv: list[str] | None = None) -> int:
                    "prompted, decoded and scored as BFCL does, by BFCL's code (bfcl.py); --limit N entries of each")
     p.add_argument("--completions", metavar="FILE", help="--bfcl: score these completions (JSON lines {\"id\", "
                    "\"completion\"}) instead of generating; no model is loaded")
+    p.add_argument("--tau2", metavar="DOMAIN", help="tau2-bench instead: whole conversations in tau2's own retail or "
+                   "airline world, scored by tau2's evaluator (tau2bench.py); --trials, --limit N tasks, --show")
+    p.add_argument("--split", default="test", help="--tau2: task split (train, test, base = all)")
+    p.add_argument("--agent", choices=["model", "gold"], default="model", help="--tau2: the --model rows, or the "
+                   "gold actions through this project's text path (no model)")
+    p.add_argument("--user", metavar="MODEL", help="--tau2: the model playing tau2's user simulator (any model this "
+                   "project loads), or litellm:NAME for tau2's own user through litellm; needed unless --agent gold")
+    p.add_argument("--max-steps", type=int, default=200, help="--tau2: messages before the conversation is cut (tau2's "
+                   "default; cut conversations score 0)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="compute precision (autocast; auto: bf16 on a GPU, fp32 on the CPU)")
@@ -260,9 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     precision = resolve_precision(args.precision, args.device)
     if args.completions and not args.bfcl:
         p.error("--completions goes with --bfcl")
-    if not args.model and not args.completions:
-        p.error("--model is required (or --bfcl with --completions)")
-    args.model = args.model or [args.completions]
+    gold = bool(args.tau2) and args.agent == "gold"
+    if not args.model and not args.completions and not gold:
+        p.error("--model is required (or --bfcl with --completions, or --tau2 with --agent gold)")
+    if args.tau2 and not gold and not args.user:
+        p.error("--tau2 needs --user MODEL (tau2's user is a model too), or --agent gold")
+    args.model = args.model or [args.completions or "gold"]
     names = args.name or args.model
     if len(names) != len(args.model):
         p.error("give one --name per --model")
@@ -276,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             return evaluate_episodes(args, names, precision)
         if args.bfcl:
             return evaluate_bfcl(args, names, precision)
+        if args.tau2:
+            return evaluate_tau2(args, names, precision)
         samples = load_turn_samples(resolve_data(args.data))[0][:args.limit]
         what = {"data": args.data, "turns": len(samples)}
         rows = kept_rows(args, what)
@@ -409,6 +423,77 @@ def evaluate_bfcl(args, names: list[str], precision: str) -> None:
         print(f"  {name:<14} " + "   ".join(f"{c} {show(r['accuracy'], *r['accuracy_ci'])}"
                                             for c, r in rows[name]["categories"].items()))
     write_rows(args.out, rows)
+
+
+def sampler_responder(model, tokenizer, thinking: bool, settings: dict, precision: str, temperature: float,
+                      generator: torch.Generator) -> Callable[[list[dict], list[dict] | None], str]:
+    """tau2bench.Respond of a model: one completion of the chat so far, reusing the KV cache of its last prompt
+    (the conversation so far repeats it); one per conversation and role."""
+    cached = [None]
+
+    def respond(chat: list[dict], tools: list[dict] | None) -> str:
+        model.eval()
+        sample = TurnSample("tau2", "", tools or [], chat, Action())
+        return generate_texts(model, tokenizer, [sample], thinking, 1, settings["max_new_tokens"], precision,
+                              temperature=temperature, generator=generator, prefixes=cached)[0][0]
+    return respond
+
+
+def evaluate_tau2(args, names: list[str], precision: str) -> None:
+    """tau2-bench's metrics of each model (or of the gold actions), a row each; transcripts with --show."""
+    import tau2bench   # its optional package (requirements-tau2.txt) is imported only here
+    tasks = tau2bench.tasks(args.tau2, args.split, args.limit)
+    what = {"tau2": args.tau2, "split": args.split, "limit": args.limit, "trials": args.trials, "seed": args.seed,
+            "user": args.user, "max_steps": args.max_steps, "temperature": args.temperature}
+    rows = kept_rows(args, what)
+    user_model = None
+    if args.user and not args.user.startswith("litellm:") and args.agent == "model":
+        user_model = load(args.user, device=args.device)
+    for name, model_name in zip(names, args.model):
+        if name in rows:
+            continue
+        if args.agent == "model":
+            thinking = args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
+            model, tokenizer = load(model_name, device=args.device)
+            settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
+            special = special_tokens(tokenizer)
+        t0, simulations, records = time.perf_counter(), [], []
+        with tqdm(total=len(tasks) * args.trials, desc=f"tau2 {args.tau2} {name}", dynamic_ncols=True) as bar:
+            for i, task in enumerate(tasks):
+                for trial in range(args.trials):
+                    seed = args.seed * 1_000_003 + i * args.trials + trial
+                    if args.agent == "gold":
+                        moves = tau2bench.gold_moves(task)
+                        agent_of = lambda env, moves=moves: tau2bench.make_scripted_agent(env, moves)
+                        user = tau2bench.make_gold_user()
+                    else:
+                        generator = torch.Generator(device=args.device).manual_seed(seed)
+                        respond = sampler_responder(model, tokenizer, thinking, settings, precision,
+                                                    args.temperature, generator)
+                        agent_of = lambda env, respond=respond: tau2bench.make_agent(env, respond, special)
+                        if user_model is None:
+                            user = tau2bench.make_user(task, litellm_name=args.user.removeprefix("litellm:"))
+                        else:
+                            user = tau2bench.make_user(task, sampler_responder(
+                                *user_model, False, scale_settings(args.user, None, args.max_new_tokens),
+                                precision, args.temperature, generator))
+                    simulation = tau2bench.run(args.tau2, task, agent_of, user, args.max_steps, seed)
+                    simulations.append(simulation)
+                    records.append(tau2bench.simulation_record(simulation, trial))
+                    bar.update(1)
+        rows[name] = {**tau2bench.score(simulations, args.trials), "seconds": round(time.perf_counter() - t0, 1),
+                      **what, "simulations": records}
+        write_rows(args.out, rows)
+        for simulation in simulations[::args.trials][:args.show]:
+            print(tau2bench.transcript(simulation), "\n")
+    rows = {name: rows[name] for name in names}
+    columns = ["success", "reward"] + [f"pass^{k}" for k in range(1, args.trials + 1)] + ["messages"]
+    print(format_table(rows, columns))
+    print(f"\ntask success, 95% interval (bootstrap over the {len(tasks)} tasks of tau2's {args.tau2} {args.split} "
+          f"split; scored by tau2's own evaluator):")
+    for name in names:
+        print(f"  {name:<14} {show(rows[name]['success'], *rows[name]['success_ci'])}   ended by "
+              + ", ".join(f"{k} {v}" for k, v in sorted(rows[name]["terminations"].items())))
 
 
 def thinking_model(model_name: str) -> bool:

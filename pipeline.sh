@@ -5,7 +5,7 @@
 #
 #   bash pipeline.sh                                            the offline tiny default on the demo world
 #   MODEL=smollm2-135m bash pipeline.sh                         a real pretrained model (SmolLM2-135M-Instruct), offline,
-#       on the demo world, sized for 2 CPU cores (~3 hours; the sizes below, printed at start)
+#       on the demo world, sized for 2 CPU cores (~2 hours; the sizes below, printed at start)
 #   RESUME=1 bash pipeline.sh                                   continue an interrupted run (same MODEL and OUT): finished
 #       stages are kept, a training stage that has a checkpoint continues from it (--resume), done evaluations kept
 #   MODEL=models/Qwen3-1.7B DATA=apigen-mt_5k.json bash pipeline.sh     the paper's setting, nothing written by hand:
@@ -45,18 +45,19 @@ else                          # the demo world: retail train / held-out / cold s
     TRAIN=$DEMO/retail_train.json COLD=$DEMO/retail_cold_start.json TEST=$DEMO/retail_test.json
     # every stage bounded by steps or epochs, never by wall time: the same seed and thread count give the same table
     if [ "$MODEL" = smollm2-135m ]; then
-        # The CPU run of a real model, all its sizes here (measured on 2 cores: ~2.5 s per SFT sample of ~1,100
-        # tokens under LoRA, ~45-60 s per GRPO step of 4 prompts x 4): base SFT 90 steps x 16 samples (57 min),
-        # cold start 3 epochs of 96 + 96 replayed samples (~25 min; micro-batches of 2: 8 samples of 8 conversations
-        # in one micro-batch took 24 GB and were killed), GRPO 30 steps (~25 min), 128 new tokens
-        # (the demo's actions and traces fit; 1,024 is the real-model default), 200 held-out turns, 25 episode tasks
-        # (each episode's KV cache kept: real prompts are ~1,100 tokens, recomputing them every turn costs 10x).
-        SFT_FLAGS=${SFT_FLAGS-"--max-steps 90 --batch-size 8 --grad-accum 2 --save-every 5"}
-        COLD_FLAGS=${COLD_FLAGS-"--epochs 3 --replay-ratio 1 --batch-size 2 --grad-accum 4 --warmup 5 --save-every 10"}
-        GRPO_FLAGS=${GRPO_FLAGS-"--steps 30 --prompts-per-step 4 --group-size 4 --max-new-tokens 128 --save-every 5"}
-        EVAL_FLAGS=${EVAL_FLAGS-"--limit 200 --max-new-tokens 128"}
+        # The CPU run of a real model, all its sizes here, chosen from what 2 cores measured (~2.5 s per SFT
+        # sample of ~1,100 tokens under LoRA, ~27 s per cold-start step of 8 samples, ~45-60 s per GRPO step of
+        # 4 prompts x 4) to fit one ~2-hour sitting: base SFT 80 steps x 8 samples (~27 min), cold start 2 epochs
+        # of 96 + 96 replayed samples (~22 min; micro-batches of 2: 8 samples of 8 conversations in one
+        # micro-batch took 24 GB and were killed), GRPO 20 steps (~18 min), 128 new tokens (the demo's actions and
+        # traces fit; 1,024 is the real-model default), 150 held-out turns, 20 episode tasks x 4 trials (each
+        # episode's KV cache kept: real prompts are ~1,100 tokens, recomputing them every turn costs 10x).
+        SFT_FLAGS=${SFT_FLAGS-"--max-steps 80 --batch-size 8 --grad-accum 1 --save-every 5"}
+        COLD_FLAGS=${COLD_FLAGS-"--epochs 2 --replay-ratio 1 --batch-size 2 --grad-accum 4 --warmup 5 --save-every 10"}
+        GRPO_FLAGS=${GRPO_FLAGS-"--steps 20 --prompts-per-step 4 --group-size 4 --max-new-tokens 128 --save-every 5"}
+        EVAL_FLAGS=${EVAL_FLAGS-"--limit 150 --max-new-tokens 128"}
         EPISODE_FLAGS=${EPISODE_FLAGS-"--max-new-tokens 128 --episode-cache on"}
-        EPISODES=${EPISODES:-25}
+        EPISODES=${EPISODES:-20}
     else
         SFT_FLAGS=${SFT_FLAGS-"--max-steps 1200"}
         COLD_FLAGS=${COLD_FLAGS-"--epochs 25 --batch-size 8 --warmup 5"}
