@@ -5,7 +5,7 @@
 #
 #   bash pipeline.sh                                            the offline tiny default on the demo world
 #   MODEL=smollm2-135m bash pipeline.sh                         a real pretrained model (SmolLM2-135M-Instruct), offline,
-#       on the demo world, sized for 2 CPU cores (~2 hours; the sizes below, printed at start)
+#       on the demo world, sized for 2 CPU cores (the sizes below, printed at start; 1.9 hours to the turn-level table)
 #   RESUME=1 bash pipeline.sh                                   continue an interrupted run (same MODEL and OUT): finished
 #       stages are kept, a training stage that has a checkpoint continues from it (--resume), done evaluations kept
 #   MODEL=models/Qwen3-1.7B DATA=apigen-mt_5k.json bash pipeline.sh     the paper's setting, nothing written by hand:
@@ -45,13 +45,12 @@ else                          # the demo world: retail train / held-out / cold s
     TRAIN=$DEMO/retail_train.json COLD=$DEMO/retail_cold_start.json TEST=$DEMO/retail_test.json
     # every stage bounded by steps or epochs, never by wall time: the same seed and thread count give the same table
     if [ "$MODEL" = smollm2-135m ]; then
-        # The CPU run of a real model, all its sizes here, chosen from what 2 cores measured (~2.5 s per SFT
-        # sample of ~1,100 tokens under LoRA, ~27 s per cold-start step of 8 samples, ~45-60 s per GRPO step of
-        # 4 prompts x 4) to fit one ~2-hour sitting: base SFT 80 steps x 8 samples (~27 min), cold start 2 epochs
-        # of 96 + 96 replayed samples (~22 min; micro-batches of 2: 8 samples of 8 conversations in one
-        # micro-batch took 24 GB and were killed), GRPO 20 steps (~18 min), 128 new tokens (the demo's actions and
-        # traces fit; 1,024 is the real-model default), 150 held-out turns, 20 episode tasks x 4 trials (each
-        # episode's KV cache kept: real prompts are ~1,100 tokens, recomputing them every turn costs 10x).
+        # The CPU run of a real model, all its sizes here (measured on 2 cores, seed 0): base SFT 80 steps x 8
+        # samples (2,058 s), cold start 2 epochs of 96 + 96 replayed samples (2,487 s; micro-batches of 2: 8
+        # samples of 8 conversations in one micro-batch took 24 GB and were killed), GRPO 20 steps (1,734 s),
+        # 128 new tokens (the demo's actions and traces fit; 1,024 is the real-model default), 150 held-out turns
+        # (1,281 s for the four models), 20 episode tasks x 4 trials (each episode's KV cache kept: real prompts
+        # are ~1,100 tokens; not yet run to the end: vanilla's first 4 of 80 episodes took 11.5 minutes).
         SFT_FLAGS=${SFT_FLAGS-"--max-steps 80 --batch-size 8 --grad-accum 1 --save-every 5"}
         COLD_FLAGS=${COLD_FLAGS-"--epochs 2 --replay-ratio 1 --batch-size 2 --grad-accum 4 --warmup 5 --save-every 10"}
         GRPO_FLAGS=${GRPO_FLAGS-"--steps 20 --prompts-per-step 4 --group-size 4 --max-new-tokens 128 --save-every 5"}

@@ -251,9 +251,9 @@ def score(simulations: list, trials: int) -> dict:
     for s in simulations:
         by_task.setdefault(s.task_id, []).append(s)
     successes = [[float(t.is_successful(s.reward_info.reward)) for s in runs] for runs in by_task.values()]
-    per_task = [sum(x) / len(x) for x in successes]
+    success, low, high = mean_ci([[sum(x) / len(x) for x in successes]])
     row = {"reward": sum(s.reward_info.reward for s in simulations) / len(simulations),
-           "success": mean_ci([per_task])[0], "success_ci": list(mean_ci([per_task])[1:]),
+           "success": success, "success_ci": [low, high],
            "tasks": len(by_task), "trials": trials,
            "messages": sum(len(s.messages) for s in simulations) / len(simulations),
            "terminations": dict(Counter(str(getattr(s.termination_reason, "value", s.termination_reason))
