@@ -446,9 +446,9 @@ def evaluate_tau2(args, names: list[str], precision: str) -> None:
     what = {"tau2": args.tau2, "split": args.split, "limit": args.limit, "trials": args.trials, "seed": args.seed,
             "user": args.user, "max_steps": args.max_steps, "temperature": args.temperature}
     rows = kept_rows(args, what)
-    user_model = None
+    user_model = None   # (model, tokenizer, settings) of a --user model, loaded once for every row
     if args.user and not args.user.startswith("litellm:") and args.agent == "model":
-        user_model = load(args.user, device=args.device)
+        user_model = (*load(args.user, device=args.device), scale_settings(args.user, None, args.max_new_tokens))
     for name, model_name in zip(names, args.model):
         if name in rows:
             continue
@@ -474,9 +474,9 @@ def evaluate_tau2(args, names: list[str], precision: str) -> None:
                         if user_model is None:
                             user = tau2bench.make_user(task, litellm_name=args.user.removeprefix("litellm:"))
                         else:
+                            user_net, user_tok, user_settings = user_model
                             user = tau2bench.make_user(task, sampler_responder(
-                                *user_model, False, scale_settings(args.user, None, args.max_new_tokens),
-                                precision, args.temperature, generator))
+                                user_net, user_tok, False, user_settings, precision, args.temperature, generator))
                     simulation = tau2bench.run(args.tau2, task, agent_of, user, args.max_steps, seed)
                     simulations.append(simulation)
                     records.append(tau2bench.simulation_record(simulation, trial))

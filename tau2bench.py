@@ -140,6 +140,7 @@ def assistant_message(text: str, turn: int, special_tokens=()):
 def make_agent(env, respond: Respond, special_tokens=()):
     """tau2's LocalAgent of a model: the conversation so far (its state) through `respond` each turn."""
     t = tau2()
+    system, schemas = agent_system_prompt(env), tool_schemas(env)   # fixed for the conversation
 
     class ModelAgent(t.LocalAgent):
         def get_init_state(self, message_history=None):
@@ -147,8 +148,8 @@ def make_agent(env, respond: Respond, special_tokens=()):
 
         def generate_next_message(self, message, state):
             state.append(message)
-            chat = [{"role": "system", "content": agent_system_prompt(env)}] + chat_messages(state)
-            reply = assistant_message(respond(chat, tool_schemas(env)), len(state), special_tokens)
+            chat = [{"role": "system", "content": system}] + chat_messages(state)
+            reply = assistant_message(respond(chat, schemas), len(state), special_tokens)
             state.append(reply)
             return reply, state
 
