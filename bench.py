@@ -174,11 +174,12 @@ def bench_grpo_step(model_name: str, model, tok, samples, prompts, precision: st
             steps[name] += 1
         steppers[name] = one
     seconds = alternating(steppers)
-    gen, _, _ = grpo.rollout(model.eval(), tok, samples, prompts, 0, torch.Generator().manual_seed(0), args, True,
-                             RewardWeights())
+    gen = grpo.rollout(model.eval(), tok, samples, prompts, 0, torch.Generator().manual_seed(0), args, True,
+                       RewardWeights()).gen
     rows = torch.arange(gen.completion_ids.shape[0])
     positions = {share: sum(b.packed.input_ids.numel() for b in grpo.micro_batches(
-        gen, rows, torch.zeros(len(rows)), args.micro_batch, args.group_size, tok.pad_token_id, "cpu", share))
+        gen, rows, torch.zeros(len(rows)), args.micro_batch, (rows // args.group_size).tolist(), tok.pad_token_id, "cpu",
+        share))
         for share in (True, False)}
     minimum = int(gen.prompt_mask.sum()) // args.group_size + int(gen.completion_mask.sum())
     G = args.group_size

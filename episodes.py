@@ -157,17 +157,19 @@ def make_request(flow: str, user: dict, db: dict, rng: random.Random) -> Request
     raise ValueError(f"unknown flow {flow!r} (one of {FLOWS})")
 
 
-def make_tasks(n: int, seed: int = 0) -> list[Task]:
-    """n tasks of held-out retail users, on the database the demo data was generated from (seeded)."""
-    db, _, test_users = retail_world(random.Random(seed))
-    rng = random.Random(f"episode tasks {seed}")
+def make_tasks(n: int, seed: int = 0, split: str = "test") -> list[Task]:
+    """n tasks of held-out retail users (split "test": evaluation), or of training users (split "train": grpo.py
+    --episodes), on the database the demo data was generated from (seeded)."""
+    db, train_users, test_users = retail_world(random.Random(seed))
+    users, rng = ((test_users, random.Random(f"episode tasks {seed}")) if split == "test" else
+                  (train_users, random.Random(f"training episode tasks {seed}")))
     tasks = []
     for i in range(n):
-        user = rng.choice(test_users)
+        user = rng.choice(users)
         state = overlay(db)
         flows = rng.sample(FLOWS, rng.choice([1, 1, 2]))
         requests = [make_request(flow, user, state, rng) for flow in flows]
-        tasks.append(Task(f"task{i}", user["user_id"], user["email"], rng.random() < 0.6, requests))
+        tasks.append(Task(f"{'task' if split == 'test' else 'train'}{i}", user["user_id"], user["email"], rng.random() < 0.6, requests))
     return tasks
 
 
@@ -331,15 +333,16 @@ Agent = Callable[[list[Episode]], list[str]]   # the active episodes -> one comp
 
 
 def run_episodes(agent: Agent, tasks: list[Task], trials: int, turn_limit: int, seed: int = 0,
-                 progress: Callable[[int], None] | None = None, special_tokens: frozenset[str] = frozenset()
-                 ) -> list[Episode]:
+                 progress: Callable[[int], None] | None = None, special_tokens: frozenset[str] = frozenset(),
+                 user_seed: int | None = None) -> list[Episode]:
     """trials episodes of each task, stepped together: each round, every active episode gets one agent action
-    (special_tokens: those of the agent's tokenizer, see Episode.step)."""
+    (special_tokens: those of the agent's tokenizer, see Episode.step). Trial k's user is seeded k, or every
+    trial's user_seed when given (GRPO's group: the same user, so the trials differ by the agent only)."""
     db, _, _ = retail_world(random.Random(seed))
     episodes = []
     for task in tasks:
         for k in range(trials):
-            e = Episode(task, k, overlay(db), ScriptedUser(task, k))
+            e = Episode(task, k, overlay(db), ScriptedUser(task, k if user_seed is None else user_seed))
             e.say_user(e.user.opening())
             episodes.append(e)
     while active := [e for e in episodes if not e.done]:

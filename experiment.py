@@ -38,7 +38,8 @@ from rewards import DESIGNS, RewardWeights
 from stats import difference_ci, mean_ci, show
 
 HERE = Path(__file__).resolve().parent
-METRICS = ("turn_success", "reward")   # per-turn scores, each with an interval ("episode" too with --episodes)
+METRICS = ("turn_success", "reward")   # per-turn scores, each with an interval; with --episodes also per task:
+#                                        "episode" (task success) and "violations" (policy violations per episode)
 
 
 def config_flags(spec: str) -> tuple[str, list[str]]:
@@ -103,6 +104,10 @@ def evaluate_run(model_dir: str, result_path: Path, samples, tasks, args) -> dic
         result["metrics"].update({f"episode_{k}": v for k, v in score(episodes, args.trials, args.seed).items()
                                   if isinstance(v, float)})
         result["episode"] = [s / args.trials for s in task_successes(episodes, args.seed).values()]
+        per_task: dict[str, list[int]] = {}
+        for e in episodes:
+            per_task.setdefault(e.task.task_id, []).append(e.violations)
+        result["violations"] = [sum(v) / len(v) for v in per_task.values()]   # per task, mean over its trials
     write_json_atomic(result_path, result)   # whole or not at all: a kill leaves no half-written result
     return result
 
@@ -110,8 +115,12 @@ def evaluate_run(model_dir: str, result_path: Path, samples, tasks, args) -> dic
 def table(results: dict[str, list[dict]], baseline: str, metrics: tuple[str, ...]) -> tuple[str, dict]:
     """Markdown table and its JSON: per configuration, each metric with its 95% interval, its difference to the
     baseline (paired over held-out items), and the plain means of the aggregate metrics."""
+    plain = ["exact_match", "format_rate", "reasoning_words"]
+    if "episode" in metrics:   # the episodes' other tau-bench metrics, means over seeds
+        plain += [f"episode_{m}" for m in ("pass^1", "pass^2", "pass^4", "turn_limit", "turns")
+                  if all(f"episode_{m}" in r["metrics"] for runs in results.values() for r in runs)]
     header = ["configuration", "seeds"] + [f"{m} [95% CI]" for m in metrics] + \
-             [f"{m} - {baseline} [95% CI]" for m in metrics] + ["exact_match", "format_rate", "reasoning_words"]
+             [f"{m} - {baseline} [95% CI]" for m in metrics] + plain
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = {}
     for name, runs in results.items():
@@ -126,7 +135,7 @@ def table(results: dict[str, list[dict]], baseline: str, metrics: tuple[str, ...
                 continue
             row[f"{m}_minus_baseline"] = difference_ci([r[m] for r in runs], [r[m] for r in results[baseline]])
             cells.append(show(*row[f"{m}_minus_baseline"], signed=True))
-        for m in ("exact_match", "format_rate", "reasoning_words"):
+        for m in plain:
             row[m] = sum(r["metrics"][m] for r in runs) / len(runs)
             cells.append(f"{row[m]:.3f}" if m != "reasoning_words" else f"{row[m]:.1f}")
         rows[name] = row
@@ -182,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir = out / name / f"seed{seed}"
                 train(run_dir, args, flags, seed)
                 results[name].append(evaluate_run(str(run_dir), run_dir / "eval.json", samples, tasks, args))
-        metrics = METRICS + (("episode",) if tasks else ())
+        metrics = METRICS + (("episode", "violations") if tasks else ())
         text, rows = table(results, names[0], metrics)
         command = "python experiment.py " + shlex.join(argv)
         (out / "table.md").write_text(f"{command}\n\n{text}\n")

@@ -2,6 +2,7 @@
 
     python grpo.py --model runs/cold --data D/retail_train.json --eval-data D/retail_test.json --out runs/grpo
     python grpo.py --model Qwen/Qwen3-1.7B --data apigen-mt_5k.json --out runs/grpo-1.7b     # one GPU, LoRA
+    python grpo.py --model runs/cold --episodes 400 --prompts-per-step 4 --out runs/grpo-episodes   # whole conversations
 
 One step (Shao et al. 2024, DeepSeekMath, sec. 4.1; the paper's stage 3), grpo_step's phases in call order:
   1. take B turn samples; sample G completions for each at temperature T           (draw_groups, sampling.generate)
@@ -13,6 +14,9 @@ One step (Shao et al. 2024, DeepSeekMath, sec. 4.1; the paper's stage 3), grpo_s
   5. loss = -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) + beta KL_k3,
      rho = exp(logp - logp_old), masked to the completion through its EOS           (clipped_policy_loss, kl_k3)
   6. aggregate over tokens (grpo / dapo / dr_grpo), backprop, clip, AdamW step      (policy_update, aggregate_loss)
+With --episodes the items of phase 1 are tasks and a group is G whole conversations of one (rollout_episodes),
+phase 2 is the episode's outcome (episode_reward), and every agent turn of an episode is a row of phases 4-6 with
+its episode's advantage; the rest is the same code.
 With --num-iterations 1 the old policy is the current one: logp_old = logp.detach(), so rho = 1 and the
 loss is ~0 while its gradient is -A grad logp (not 0).
 """
@@ -28,12 +32,14 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 import parallel
 from cli import run_cli
 from data import DataError, TurnSample, action_kind, load_turn_samples, prompt_ids, resolve_data
+from episodes import Episode, Task, judged, make_tasks, run_episodes, transcript
 from eval import held_out_evaluator
 from lora import disable_adapters
 from model import autocast, eos_ids, is_tiny, special_tokens, without_dropout
@@ -167,9 +173,16 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
     up to refill_cap x B with --refill). Under torchrun each rank holds whole groups, and the phases that need the
     global batch sum over the ranks (parallel.py). log_groups adds the step's groups, as the rollout log records
     them, under "groups"."""
-    device = next(model.parameters()).device
     clock = [time.perf_counter()]
-    groups = draw_groups(model, tokenizer, samples, prompts, generator, args, thinking, weights)           # 1, 2
+    groups = draw_groups(lambda first: rollout(model, tokenizer, samples, prompts, first, generator, args, thinking,
+                                               weights), len(samples), args, tokenizer.pad_token_id)   # 1, 2
+    return optimise(model, tokenizer, frozen_ref, optimizer, scheduler, params, groups, args, clock, log_groups)
+
+
+def optimise(model, tokenizer, frozen_ref, optimizer, scheduler, params, groups: "Groups", args, clock: list[float],
+             log_groups: bool) -> dict:
+    """Phases 3-6 on the step's scored groups, whatever they hold (turn completions, or whole episodes)."""
+    device = next(model.parameters()).device
     advantages = group_advantages(groups.totals(), scale_std=not args.no_std_scale).view(-1).to(device)   # 3
     clock.append(time.perf_counter())
     batch = training_batch(groups, advantages, args, tokenizer.pad_token_id, device)
@@ -179,7 +192,9 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
     clock.append(time.perf_counter())
     record = step_metrics(groups, update, clock)
     if log_groups:   # every rank takes this branch alike (a collective inside)
-        record["groups"] = in_draw_order(rollout_groups(groups, advantages), args.prompts_per_step)
+        records = episode_records(groups, advantages) if groups.kind == "episode" else rollout_groups(groups,
+                                                                                                     advantages)
+        record["groups"] = in_draw_order(records, args.prompts_per_step)
     return record
 
 
@@ -210,15 +225,24 @@ class Score:
 
 @dataclass
 class Groups:
-    """The step's groups on this rank: group i is samples[i], its completions rows i*G .. i*G + G - 1."""
-    samples: list[TurnSample]
+    """The step's groups on this rank: group i is samples[i] (a turn sample, or an episode task), its G completions
+    (or episodes) scores[i*G .. i*G + G - 1]. gen holds the rows to train on: row r belongs to completion (episode)
+    row_owner[r]; a turn completion is one row, an episode one row per agent turn."""
+    samples: list
     gen: Generation
-    scores: list[Score]
-    trained: torch.Tensor      # [groups] bool: the groups whose rows go into the update
+    scores: list
+    trained: torch.Tensor | None   # [groups] bool: the groups whose rows go into the update (set by draw_groups)
     group_size: int
+    row_owner: torch.Tensor        # [rows] long
+    kind: str = "turn"             # "turn" or "episode"
 
     def totals(self) -> torch.Tensor:
         return group_totals(self.scores, self.group_size)
+
+    def join(self, more: "Groups", pad_id: int) -> "Groups":
+        """These groups, then those of a later draw (--refill)."""
+        return Groups(self.samples + more.samples, concatenate([self.gen, more.gen], pad_id), self.scores + more.scores,
+                      None, self.group_size, torch.cat([self.row_owner, more.row_owner + len(self.scores)]), self.kind)
 
 
 def group_totals(scores: list[Score], group_size: int) -> torch.Tensor:
@@ -226,35 +250,28 @@ def group_totals(scores: list[Score], group_size: int) -> torch.Tensor:
     return torch.tensor([s.total for s in scores], dtype=torch.float32).view(-1, group_size)
 
 
-def draw_groups(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], generator: torch.Generator,
-                args, thinking: bool, weights: RewardWeights) -> Groups:
-    """The step's groups on this rank, scored, and which of them the update trains on.
+def draw_groups(roll: Callable[[int], Groups], n_drawable: int, args, pad_id: int) -> Groups:
+    """The step's groups on this rank, scored, and which of them the update trains on; roll(first) rolls out the
+    draw's B items (prompts or tasks) from `first` on, of n_drawable.
 
-    Without --refill: the first B prompts of the draw; the informative groups are trained on (all of them under
-    --keep-zero-variance). With --refill (DAPO's dynamic sampling): B more prompts at a time until the *global*
+    Without --refill: the first B items of the draw; the informative groups are trained on (all of them under
+    --keep-zero-variance). With --refill (DAPO's dynamic sampling): B more items at a time until the *global*
     batch holds B informative groups or the draw is spent, and the first B informative groups in the draw's order
     are trained on: the decision and the choice are those of one process, whatever the number of ranks."""
-    B, G = args.prompts_per_step, args.group_size
-    gen, scores, rolled_out = rollout(model, tokenizer, samples, prompts, 0, generator, args, thinking, weights)
-    drawn = B
-    while (args.refill and drawn < len(samples)
-           and parallel.all_sum(int(informative(group_totals(scores, G)).sum())) < B):
-        more_gen, more_scores, more = rollout(model, tokenizer, samples, prompts, drawn, generator, args, thinking,
-                                              weights)
-        gen, scores, rolled_out = (concatenate([gen, more_gen], tokenizer.pad_token_id), scores + more_scores,
-                                    rolled_out + more)
-        drawn += B
-    useful = informative(group_totals(scores, G))
+    B = args.prompts_per_step
+    groups, drawn = roll(0), B
+    while args.refill and drawn < n_drawable and parallel.all_sum(int(informative(groups.totals()).sum())) < B:
+        groups, drawn = groups.join(roll(drawn), pad_id), drawn + B
+    useful = informative(groups.totals())
     if args.refill:
-        trained = first_in_draw_order(useful, B)
+        groups.trained = first_in_draw_order(useful, B)
     else:
-        trained = torch.ones_like(useful) if args.keep_zero_variance else useful
-    return Groups(rolled_out, gen, scores, trained, G)
+        groups.trained = torch.ones_like(useful) if args.keep_zero_variance else useful
+    return groups
 
 
 def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], first: int,
-            generator: torch.Generator, args, thinking: bool, weights: RewardWeights
-            ) -> tuple[Generation, list[Score], list[TurnSample]]:
+            generator: torch.Generator, args, thinking: bool, weights: RewardWeights) -> Groups:
     """G sampled completions of this rank's share of the B prompts from `first` on, scored (score_rollout); the
     noise of all B x G rows is drawn and each rank keeps its rows' (sampling.py: what one process would sample)."""
     B, G = args.prompts_per_step, args.group_size
@@ -268,7 +285,8 @@ def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]
                        group_size=G, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_p=args.top_p, noise=noise.to(device), rollout_batch=args.rollout_batch,
                        share_prefix=not args.no_shared_prefix)
-    return gen, score_rollout(tokenizer, gen, samples, G, thinking, weights), samples
+    return Groups(samples, gen, score_rollout(tokenizer, gen, samples, G, thinking, weights), None, G,
+                  torch.arange(len(samples) * G))
 
 
 def score_rollout(tokenizer, gen: Generation, samples: list[TurnSample], group_size: int, thinking: bool,
@@ -335,31 +353,37 @@ def training_batch(groups: Groups, advantages: torch.Tensor, args, pad_id: int, 
     still count in the normalisers, so the loss is that of every row drawn (less their KL term). Under --refill
     the batch is the B groups kept."""
     mask = groups.gen.completion_mask
-    rows = groups.trained.repeat_interleave(groups.group_size).nonzero().squeeze(-1)
+    label = groups.row_owner // groups.group_size   # each row's group
+    rows = groups.trained[label].nonzero().squeeze(-1)
     n_trained_tokens = int(parallel.all_sum(int(mask[rows].sum())))
     if args.refill:
         n_sequences, n_tokens = int(parallel.all_sum(len(rows))), n_trained_tokens
     else:
-        n_sequences, n_tokens = int(parallel.all_sum(len(groups.scores))), int(parallel.all_sum(int(mask.sum())))
-    return Batch(micro_batches(groups.gen, rows, advantages, args.micro_batch, groups.group_size, pad_id, device,
-                               share=not args.no_shared_prefix), n_sequences, n_tokens, n_trained_tokens)
+        n_sequences, n_tokens = int(parallel.all_sum(len(mask))), int(parallel.all_sum(int(mask.sum())))
+    return Batch(micro_batches(groups.gen, rows, advantages[groups.row_owner.to(advantages.device)], args.micro_batch,
+                               label.tolist(), pad_id, device, share=not args.no_shared_prefix),
+                 n_sequences, n_tokens, n_trained_tokens)
 
 
-def micro_batches(gen: Generation, rows: torch.Tensor, advantages: torch.Tensor, size: int, group_size: int,
+def micro_batches(gen: Generation, rows: torch.Tensor, advantages: torch.Tensor, size: int, groups: list[int],
                   pad_id: int, device, share: bool = True) -> list[MicroBatch]:
-    """The update's rows in micro-batches of `size` rows, sorted by (prompt length, group, completion length), so
-    the G rows of a group sit together and share their prompt's packed row (micro_batch): each group's prompt is
-    computed once, not G times, and no row pays for another's padding. The loss and gradient are those of the
-    padded batch (tests/test_grpo.py).
+    """The update's rows (advantages: one per row of gen; groups: each row's group) in micro-batches of `size` rows,
+    sorted by (the group's shortest prompt, group, prompt length, completion length), so the rows of a group sit
+    together and share their packed row (micro_batch): each group's prompt (an episode group's common conversation)
+    is computed once, not once per row, and no row pays for another's padding. The loss and gradient are those of
+    the padded batch (tests/test_grpo.py).
     """
     prompt_len, completion_len = gen.prompt_mask.sum(1).tolist(), gen.completion_mask.sum(1).tolist()
-    order = sorted(rows.tolist(), key=lambda r: (prompt_len[r], r // group_size, completion_len[r]))
+    shortest: dict[int, int] = {}
+    for r in rows.tolist():
+        shortest[groups[r]] = min(shortest.get(groups[r], prompt_len[r]), prompt_len[r])
+    order = sorted(rows.tolist(), key=lambda r: (shortest[groups[r]], groups[r], prompt_len[r], completion_len[r]))
     batches = []
     for k in range(0, len(order), size):
         chunk = order[k:k + size]
         batches.append(micro_batch(
             [gen.prompt_ids[r, gen.prompt_ids.shape[1] - prompt_len[r]:].tolist() for r in chunk],
-            [gen.completion_ids[r, :completion_len[r]].tolist() for r in chunk], [r // group_size for r in chunk],
+            [gen.completion_ids[r, :completion_len[r]].tolist() for r in chunk], [groups[r] for r in chunk],
             advantages[torch.tensor(chunk, device=advantages.device)], pad_id, share).to(device))
     return batches
 
@@ -452,23 +476,42 @@ def step_metrics(groups: Groups, update: Update, clock: list[float]) -> dict:
     the reference pass and the update."""
     G, scores = groups.group_size, parallel.gather(groups.scores)   # whole groups of every rank
     totals = group_totals(scores, G)
-    tokens = parallel.all_sum(float(groups.gen.prompt_mask.sum() + groups.gen.completion_mask.sum()))
+    gen = groups.gen
+    tokens = parallel.all_sum(float(gen.prompt_mask.sum() + gen.completion_mask.sum()))
+    rows = parallel.all_sum(len(gen.completion_mask))
     return {
         "reward": {"total": float(totals.mean()), "std": float(totals.std(unbiased=False)),
-                   **{c: mean_of([getattr(s.reward, c) for s in scores]) for c in COMPONENTS}},
+                   **({} if groups.kind == "episode" else
+                      {c: mean_of([getattr(s.reward, c) for s in scores]) for c in COMPONENTS})},
         "zero_variance_groups": 1.0 - float(informative(totals).float().mean()),
         "prompts_drawn": int(parallel.all_sum(len(groups.samples))),
-        "decision": decision_confusion(scores),
-        "parse_failure": 1.0 - mean_of([s.parsed.well_formed for s in scores]),
-        "separated_by": separated_by(scores, G),
+        **(episode_metrics(scores) if groups.kind == "episode" else turn_metrics(scores, G)),
         "loss": update.loss, "kl": update.kl, "clip_fraction": update.clip_fraction,
         "grad_norm": update.grad_norm, "finite": update.finite,
-        "completion_len": mean_of([s.tokens for s in scores]), "truncated": mean_of([s.truncated for s in scores]),
-        "reasoning_words": mean_of([s.parsed.reasoning_words for s in scores]),
+        "completion_len": parallel.all_sum(float(gen.completion_mask.sum())) / rows,
+        "truncated": parallel.all_sum(float(gen.truncated.sum())) / rows,
         "seconds": {"rollout": clock[1] - clock[0], "reference": clock[2] - clock[1], "update": clock[3] - clock[2],
                     "total": clock[3] - clock[0]},
         "tokens_per_s": tokens / (clock[3] - clock[0]),
     }
+
+
+def turn_metrics(scores: list[Score], group_size: int) -> dict:
+    """What the turn-level step's completions did (docs/commands.md)."""
+    return {"decision": decision_confusion(scores),
+            "parse_failure": 1.0 - mean_of([s.parsed.well_formed for s in scores]),
+            "separated_by": separated_by(scores, group_size),
+            "reasoning_words": mean_of([s.parsed.reasoning_words for s in scores])}
+
+
+def episode_metrics(scores: list["EpisodeScore"]) -> dict:
+    """What the episode step's episodes did: means per episode (docs/commands.md)."""
+    return {"task_success": mean_of([s.success for s in scores]), "end_state": mean_of([s.end_state for s in scores]),
+            "communicated": mean_of([s.communicated for s in scores]),
+            "violations": mean_of([s.violations for s in scores]), "tool_errors": mean_of([s.tool_errors for s in scores]),
+            "agent_turns": mean_of([s.turns for s in scores]),
+            "format_errors": mean_of([s.format_errors for s in scores]),
+            "turn_limit": mean_of([s.ended_by == "turn limit" for s in scores])}
 
 
 def mean_of(values: list) -> float | None:
@@ -516,6 +559,103 @@ def rollout_groups(groups: Groups, advantages: torch.Tensor) -> list[dict]:
                                       "answer": sample.target.content if not sample.target.is_tool_call else ""},
                         "completions": completions})
     return records
+
+
+def episode_records(groups: Groups, advantages: torch.Tensor) -> list[dict]:
+    """This rank's episode groups as rollouts.jsonl records: each episode's outcome, advantage and transcript."""
+    G, records = groups.group_size, []
+    useful = informative(groups.totals()).tolist()
+    for i, task in enumerate(groups.samples):
+        episodes = [{"advantage": round(float(advantages[r]), 4), **groups.scores[r].logged()}
+                    for r in range(i * G, (i + 1) * G)]
+        records.append({"task_id": task.task_id, "kind": " + ".join(task.flows), "informative": useful[i],
+                        "trained": bool(groups.trained[i]), "episodes": episodes})
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# Phases 1-2 on whole conversations (--episodes): G episodes of a training task, scored by their outcome
+# ----------------------------------------------------------------------------------------------
+def episode_reward(success: bool, violations: int, well_formed: float, w_violation: float, w_format: float) -> float:
+    """R = 1[task success] - w_violation x violations + w_format x well_formed.
+
+    Task success is episodes.py's (the end state right and every value told); a violation is a write the policy
+    forbids (cancelling an order that is not pending, returning one not delivered); well_formed, the fraction of
+    the agent's turns that parse without a format error, is an optional shaping term (w_format 0 by default)."""
+    return float(success) - w_violation * violations + w_format * well_formed
+
+
+@dataclass
+class EpisodeScore:
+    """One episode as its outcome reward saw it."""
+    total: float
+    success: bool
+    end_state: bool
+    communicated: bool
+    violations: int
+    tool_errors: int
+    turns: int                 # agent turns (completions)
+    format_errors: int
+    ended_by: str              # "user" or "turn limit"
+    transcript: str            # episodes.transcript
+
+    def logged(self) -> dict:
+        return dict(vars(self))
+
+
+def rollout_episodes(model, tokenizer, tasks: list[Task], first: int, generator: torch.Generator, args,
+                     thinking: bool) -> Groups:
+    """G episodes of each of this rank's share of the B tasks from `first` on, with the scripted user and the tools
+    executing on each episode's own database (episodes.run_episodes), scored by episode_reward.
+
+    Every agent turn is sampled on the prompt of the conversation so far as the chat template renders it at that
+    turn (earlier turns' reasoning dropped, as in evaluation), and kept as one row of the result: those exact
+    prompt ids, the sampled ids, their log-probs at sampling time. So an episode is several rows, not one growing
+    sequence, and what is trained is what was sampled, in the context it was sampled in; tool outputs and user turns
+    are prompt tokens, never trained on. The G episodes of a task share its user's seed, so they differ by the
+    agent's samples only. One number drawn from `generator` seeds the draw's users and its per-round noise (every
+    round draws the noise of all B x G episodes, each episode takes its row's): the same episodes on any number of
+    ranks, and one draw of `generator` per call whatever the episodes' lengths."""
+    B, G = args.prompts_per_step, args.group_size
+    share = parallel.share(B)
+    mine = tasks[first + share.start:first + share.stop]
+    position = {t.task_id: k for k, t in enumerate(mine)}
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device))
+    rounds = torch.Generator(device=generator.device).manual_seed(seed)
+    device = next(model.parameters()).device
+    parts, owners = [], []
+
+    def agent(active: list[Episode]) -> list[str]:
+        noise = sampling_noise(B * G, args.max_new_tokens, rounds)
+        local = [position[e.task.task_id] * G + e.trial for e in active]
+        with autocast(args.precision, device):
+            gen = generate(model, [prompt_ids(tokenizer, e.context(), thinking) for e in active],
+                           eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           noise=noise[torch.tensor([share.start * G + i for i in local])].to(device),
+                           rollout_batch=args.rollout_batch, share_prefix=not args.no_shared_prefix)
+        parts.append(gen)
+        owners.extend(local)
+        return gen.completion_texts(tokenizer)
+
+    model.eval()
+    episodes = run_episodes(agent, mine, G, args.turn_limit, user_seed=seed, special_tokens=special_tokens(tokenizer))
+    scores = [EpisodeScore(episode_reward(state and told, e.violations, 1 - e.format_errors / e.agent_turns,
+                                          args.w_violation, args.w_episode_format),
+                           state and told, state, told, e.violations, e.tool_errors, e.agent_turns, e.format_errors,
+                           e.ended_by, transcript(e))
+              for e, state, told in judged(episodes)]
+    return Groups(mine, concatenate(parts, tokenizer.pad_token_id), scores, None, G, torch.tensor(owners), "episode")
+
+
+def episode_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, tasks: list[Task],
+                 generator: torch.Generator, args, thinking: bool, log_groups: bool = False) -> dict:
+    """One GRPO step on whole conversations: phases 1-2 are rollout_episodes (G episodes of each of B tasks, the
+    outcome reward), phases 3-6 those of grpo_step, every agent turn of an episode with its episode's advantage."""
+    clock = [time.perf_counter()]
+    groups = draw_groups(lambda first: rollout_episodes(model, tokenizer, tasks, first, generator, args, thinking),
+                         len(tasks), args, tokenizer.pad_token_id)                                        # 1, 2
+    return optimise(model, tokenizer, frozen_ref, optimizer, scheduler, params, groups, args, clock, log_groups)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -578,6 +718,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--w-efficiency", type=float, default=w.efficiency, help="weight of reasoning efficiency")
     g.add_argument("--think-budget", type=positive_int, default=None, help="reasoning words with full efficiency "
                    + scale_help(SCALE_DEFAULTS, "think_budget"))
+    g = p.add_argument_group("whole conversations (--episodes)")
+    g.add_argument("--episodes", type=int, default=0, metavar="N", help="train on whole conversations instead of "
+                   "next actions: each step takes B of N demo-world retail tasks of training users (episodes.py), "
+                   "runs G episodes of each with the scripted user and the executing tools, and rewards each "
+                   "episode's outcome (episode_reward); --data is then unused; 0: the turn-level step")
+    g.add_argument("--turn-limit", type=positive_int, default=12, help="--episodes: agent turns before the user "
+                   "gives up (eval.py's default)")
+    g.add_argument("--w-violation", type=float, default=0.5, help="--episodes: reward lost per policy violation")
+    g.add_argument("--w-episode-format", type=float, default=0.0, help="--episodes: weight of the shaping term, the "
+                   "fraction of the episode's agent turns without a format error")
     groups = add_run_arguments(p, out="runs/grpo", save_every=50)
     g = groups["optimisation"]
     g.add_argument("--lr", type=float, default=None, help=f"learning rate (default: {LR_DEFAULTS['tiny']} tiny, "
@@ -602,6 +752,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.refill and args.keep_zero_variance:
         p.error("--refill trains on informative groups only; it cannot --keep-zero-variance")
+    if args.episodes and args.episodes < args.prompts_per_step:
+        p.error(f"--episodes {args.episodes}: fewer tasks than --prompts-per-step {args.prompts_per_step}")
     if args.lora_dropout:
         p.error("--lora-dropout must be 0 in GRPO: the ratio and the KL compare the policy with itself, and dropout "
                 "would make them differ on an unchanged policy (every dropout is off in GRPO's passes)")
@@ -621,7 +773,11 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
         frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
     thinking = args.thinking == "on"
     weights = RewardWeights.of_run(vars(args), real_model=not is_tiny(args.model))
-    samples, prompts = load_prompts(args, tokenizer, thinking)
+    if args.episodes:   # whole conversations of training users' tasks
+        tasks = make_tasks(args.episodes, split="train")
+    else:
+        samples, prompts = load_prompts(args, tokenizer, thinking)
+    n = args.episodes or len(samples)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup(args.warmup))
@@ -631,11 +787,14 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
         batch_rng = random.Random(args.seed * 1_000_003 + step)   # the batch of step k is fixed: resumable
         generator.manual_seed(args.seed * 1_000_003 + step)
         draw = args.prompts_per_step * (args.refill_cap if args.refill else 1)
-        chosen = batch_rng.sample(range(len(samples)), min(draw, len(samples) // args.prompts_per_step *
-                                                           args.prompts_per_step))   # whole draws of B
-        log_groups = bool(args.log_rollouts) and step % args.log_rollouts == 0
-        record = grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, [samples[i] for i in chosen],
-                           [prompts[i] for i in chosen], generator, args, thinking, weights, log_groups)
+        chosen = batch_rng.sample(range(n), min(draw, n // args.prompts_per_step * args.prompts_per_step))   # whole
+        log_groups = bool(args.log_rollouts) and step % args.log_rollouts == 0                              # draws of B
+        if args.episodes:
+            record = episode_step(model, tokenizer, frozen_ref, optimizer, scheduler, params,
+                                  [tasks[i] for i in chosen], generator, args, thinking, log_groups)
+        else:
+            record = grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, [samples[i] for i in chosen],
+                               [prompts[i] for i in chosen], generator, args, thinking, weights, log_groups)
         if log_groups:
             run.write_rollouts(step + 1, record.pop("groups"))
         if run.end_step(step + 1, record):

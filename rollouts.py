@@ -8,7 +8,8 @@
 
 Each group: its turn, the reference action, then one row per completion, best first: total reward, advantage,
 the components (format, decision, tool or answer, efficiency), truncated, reasoning words, and the action it took
-(a parse error shows as "!" and the error).
+(a parse error shows as "!" and the error). A group of `grpo.py --episodes`: its task, then one row per episode,
+best first: total reward, advantage, task success, policy violations, agent turns, how it ended, and its transcript.
 """
 
 from __future__ import annotations
@@ -75,6 +76,32 @@ def completion_row(c: dict, width: int) -> str:
             f"{c['efficiency']:>4.2f} {'yes' if c['truncated'] else '':>5} {words:>5}  {clip(show_completion(c), width)}")
 
 
+EPISODE_HEADER = f"  {'total':>6} {'adv':>6} {'ok':>3} {'viol':>4} {'turns':>5}  ended by"
+
+
+def render_episodes(group: dict, episodes: list[dict], width: int) -> str:
+    """An episode group (grpo.py --episodes): each episode's outcome row, then its transcript."""
+    totals = [e["total"] for e in group["episodes"]]
+    state = "informative" if group["informative"] else "zero variance"
+    lines = [f"step {group['step']} · {group['task_id']} · {group['kind']} · reward mean "
+             f"{sum(totals) / len(totals):.3f}, {state}", EPISODE_HEADER]
+    for e in episodes:
+        lines.append(f"  {e['total']:>6.3f} {e['advantage']:>+6.2f} {'yes' if e['success'] else 'no':>3} "
+                     f"{e['violations']:>4} {e['turns']:>5}  {e['ended_by']}")
+        lines += [f"{'':>10}{clip(line, width)}" for line in e["transcript"].splitlines()[1:]]
+    return "\n".join(lines)
+
+
+def members(group: dict) -> list[dict]:
+    """A group's completions, or its episodes."""
+    return group["episodes"] if "episodes" in group else group["completions"]
+
+
+def render_one(group: dict, chosen: list[dict], width: int, reasoning: bool) -> str:
+    return render_episodes(group, chosen, width) if "episodes" in group else render_group(group, chosen, width,
+                                                                                           reasoning)
+
+
 def render_group(group: dict, completions: list[dict], width: int, reasoning: bool) -> str:
     lines = [group_header(group), HEADER]
     for c in completions:
@@ -86,14 +113,13 @@ def render_group(group: dict, completions: list[dict], width: int, reasoning: bo
 
 def render(groups: list[dict], width: int = 100, reasoning: bool = False) -> str:
     """Each group under its header, its completions best first."""
-    return "\n\n".join(render_group(g, sorted(g["completions"], key=lambda c: -c["total"]), width, reasoning)
-                       for g in groups)
+    return "\n\n".join(render_one(g, sorted(members(g), key=lambda c: -c["total"]), width, reasoning) for g in groups)
 
 
 def render_worst(groups: list[dict], n: int, width: int = 100, reasoning: bool = False) -> str:
     """The n lowest-total completions of the selection, each under its group's header and reference."""
-    ranked = sorted(((c["total"], i, k) for i, g in enumerate(groups) for k, c in enumerate(g["completions"])))[:n]
-    return "\n\n".join(render_group(groups[i], [groups[i]["completions"][k]], width, reasoning) for _, i, k in ranked)
+    ranked = sorted(((c["total"], i, k) for i, g in enumerate(groups) for k, c in enumerate(members(g))))[:n]
+    return "\n\n".join(render_one(groups[i], [members(groups[i])[k]], width, reasoning) for _, i, k in ranked)
 
 
 def select(groups: list[dict], step: int | None, informative: bool, zero_variance: bool, kind: str | None

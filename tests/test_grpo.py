@@ -241,7 +241,7 @@ def test_micro_batches_give_the_padded_batch_loss_and_gradient(mode, share, tuni
             total += loss.item()
         return total, torch.cat([p.grad.flatten() for p in params])
 
-    batches = micro_batches(gen, torch.arange(6), adv, 2, 2, tok.pad_token_id, "cpu", share=share)
+    batches = micro_batches(gen, torch.arange(6), adv, 2, [0, 0, 1, 1, 2, 2], tok.pad_token_id, "cpu", share=share)
     # sorted by prompt, group, then completion length: rows (1, 0), (4, 5), (2, 3), a group per micro-batch; shared,
     # its prompt once in one row of prompt + both completions, else a row per completion, each with the prompt
     widths = [(2, 7, 1), (9, 2, 5), (20, 3, 6)]
