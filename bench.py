@@ -205,7 +205,8 @@ def bench_vs_trl(model_name: str, steps: int, prompts_per_step: int, group: int,
     ours does too with keep_zero_variance. The first step of each is a warm-up and is not counted."""
     from datasets import Dataset   # the optional benchmark extra (requirements-bench.txt), imported only here
     from trl import GRPOConfig, GRPOTrainer, __version__ as trl_version
-    args = grpo.parse_args(["--model", model_name, "--data", data, "--prompts-per-step", str(prompts_per_step),
+    args = grpo.parse_args(["--model", model_name, "--data", data, "--lora-rank", "0",   # both tune every weight
+                            "--prompts-per-step", str(prompts_per_step),
                             "--group-size", str(group), "--max-new-tokens", str(new_tokens), "--device", "cpu",
                             "--seed", str(seed)] + (["--keep-zero-variance"] if keep_zero_variance else []))
     ours, tok = load(model_name)

@@ -488,6 +488,7 @@ def step_metrics(groups: Groups, update: Update, clock: list[float]) -> dict:
         **(episode_metrics(scores) if groups.kind == "episode" else turn_metrics(scores, G)),
         "loss": update.loss, "kl": update.kl, "clip_fraction": update.clip_fraction,
         "grad_norm": update.grad_norm, "finite": update.finite,
+        "new_tokens": parallel.all_sum(float(gen.completion_mask.sum())),
         "completion_len": parallel.all_sum(float(gen.completion_mask.sum())) / rows,
         "truncated": parallel.all_sum(float(gen.truncated.sum())) / rows,
         "seconds": {"rollout": clock[1] - clock[0], "reference": clock[2] - clock[1], "update": clock[3] - clock[2],

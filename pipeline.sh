@@ -12,6 +12,9 @@
 #       split off TEST_RECORDS held-out dialogues, build the cold-start set from the train part's think calls,
 #       then the four stages and evaluation with the real-model defaults (each stage prints them at start)
 #
+#   BFCL=simple_python,multiple,parallel,parallel_multiple,irrelevance bash pipeline.sh   also score the four models on
+#       these BFCL categories, BFCL_FLAGS (default: the first 50 entries of each) (needs requirements-bfcl.txt)
+#
 # Each stage's flags can be replaced: SFT_FLAGS, COLD_FLAGS, GRPO_FLAGS, EVAL_FLAGS (e.g. GRPO_FLAGS="--steps 50").
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -57,6 +60,7 @@ else                          # the demo world: retail train / held-out / cold s
         EVAL_FLAGS=${EVAL_FLAGS-"--limit 150 --max-new-tokens 128"}
         EPISODE_FLAGS=${EPISODE_FLAGS-"--max-new-tokens 128 --episode-cache on"}
         EPISODES=${EPISODES:-20}
+        BFCL_FLAGS=${BFCL_FLAGS-"--limit 50 --max-new-tokens 128"}
     else
         SFT_FLAGS=${SFT_FLAGS-"--max-steps 1200"}
         COLD_FLAGS=${COLD_FLAGS-"--epochs 25 --batch-size 8 --warmup 5"}
@@ -65,6 +69,7 @@ else                          # the demo world: retail train / held-out / cold s
 fi
 EVAL_FLAGS=${EVAL_FLAGS-}
 EPISODE_FLAGS=${EPISODE_FLAGS-}
+BFCL_FLAGS=${BFCL_FLAGS-"--limit 50"}
 echo "pipeline: MODEL=$MODEL OUT=$OUT SEED=$SEED${RESUME:+ RESUME=1}" >&2
 echo "  SFT_FLAGS=\"$SFT_FLAGS\" COLD_FLAGS=\"$COLD_FLAGS\" GRPO_FLAGS=\"$GRPO_FLAGS\"" >&2
 echo "  EVAL_FLAGS=\"$EVAL_FLAGS\" EPISODE_FLAGS=\"$EPISODE_FLAGS\" EPISODES=${EPISODES:-100}" >&2
@@ -83,6 +88,11 @@ stage eval       python eval.py --data "$TEST" --out "$OUT/results.json" ${RESUM
 if [ -z "${DATA:-}" ]; then    # whole conversations on each model's own actions, in the demo world (episodes.py)
     stage episodes python eval.py --episodes "${EPISODES:-100}" --trials 4 --seed "$SEED" --out "$OUT/episodes.json" \
                      ${RESUME:+--resume} $EPISODE_FLAGS \
+                     --model "$MODEL" --name vanilla --model "$OUT/sft" --name base_sft \
+                     --model "$OUT/cold" --name cold_start --model "$OUT/grpo" --name grpo
+fi
+if [ -n "${BFCL:-}" ]; then   # general function calling, scored by BFCL's own checker (bfcl.py)
+    stage bfcl python eval.py --bfcl "$BFCL" --out "$OUT/bfcl.json" ${RESUME:+--resume} $BFCL_FLAGS \
                      --model "$MODEL" --name vanilla --model "$OUT/sft" --name base_sft \
                      --model "$OUT/cold" --name cold_start --model "$OUT/grpo" --name grpo
 fi

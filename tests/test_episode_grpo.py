@@ -159,3 +159,15 @@ def test_episode_training_resumes_exactly_and_logs_whole_episodes(tmp_path):
     import rollouts   # and `python rollouts.py RUN` shows them: outcome rows and transcripts
     shown = rollouts.render(rollouts.select(rollouts.read_groups(cut), None, False, False, None))
     assert shown.count("ended by") == 2 and shown.count("user: ") >= 4
+
+
+def test_episode_step_on_the_real_model_path_under_lora(tmp_path, qwen_random_dir):
+    """The real-model path (a random Qwen3 with the real Qwen3 tokenizer and template, LoRA, the real-model
+    defaults): an episode step trains the adapters and saves a model that loads."""
+    out = tmp_path / "ep"
+    assert grpo.main(["--model", str(qwen_random_dir), "--episodes", "4", "--steps", "1", "--group-size", "2",
+                      "--prompts-per-step", "2", "--max-new-tokens", "8", "--turn-limit", "2", "--lora-rank", "4",
+                      "--w-episode-format", "1", "--keep-zero-variance", "--lr", "1e-2", "--out", str(out)]) == 0
+    record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert record["agent_turns"] <= 2 and record["new_tokens"] > 0 and record["grad_norm"] > 0
+    load(str(out))
