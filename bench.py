@@ -178,8 +178,8 @@ def bench_grpo_step(model_name: str, model, tok, samples, prompts, precision: st
                        RewardWeights()).gen
     rows = torch.arange(gen.completion_ids.shape[0])
     positions = {share: sum(b.packed.input_ids.numel() for b in grpo.micro_batches(
-        gen, rows, torch.zeros(len(rows)), args.micro_batch, (rows // args.group_size).tolist(), tok.pad_token_id, "cpu",
-        share))
+        gen, rows, torch.zeros(len(rows)), args.micro_batch, (rows // args.group_size).tolist(), tok.pad_token_id,
+        "cpu", share))
         for share in (True, False)}
     minimum = int(gen.prompt_mask.sum()) // args.group_size + int(gen.completion_mask.sum())
     G = args.group_size

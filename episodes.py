@@ -161,15 +161,16 @@ def make_tasks(n: int, seed: int = 0, split: str = "test") -> list[Task]:
     """n tasks of held-out retail users (split "test": evaluation), or of training users (split "train": grpo.py
     --episodes), on the database the demo data was generated from (seeded)."""
     db, train_users, test_users = retail_world(random.Random(seed))
-    users, rng = ((test_users, random.Random(f"episode tasks {seed}")) if split == "test" else
-                  (train_users, random.Random(f"training episode tasks {seed}")))
+    users, stream, prefix = {"test": (test_users, "episode tasks", "task"),
+                             "train": (train_users, "training episode tasks", "train")}[split]
+    rng = random.Random(f"{stream} {seed}")
     tasks = []
     for i in range(n):
         user = rng.choice(users)
         state = overlay(db)
         flows = rng.sample(FLOWS, rng.choice([1, 1, 2]))
         requests = [make_request(flow, user, state, rng) for flow in flows]
-        tasks.append(Task(f"{'task' if split == 'test' else 'train'}{i}", user["user_id"], user["email"], rng.random() < 0.6, requests))
+        tasks.append(Task(f"{prefix}{i}", user["user_id"], user["email"], rng.random() < 0.6, requests))
     return tasks
 
 

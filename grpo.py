@@ -479,6 +479,7 @@ def step_metrics(groups: Groups, update: Update, clock: list[float]) -> dict:
     gen = groups.gen
     tokens = parallel.all_sum(float(gen.prompt_mask.sum() + gen.completion_mask.sum()))
     rows = parallel.all_sum(len(gen.completion_mask))
+    new_tokens = parallel.all_sum(float(gen.completion_mask.sum()))
     return {
         "reward": {"total": float(totals.mean()), "std": float(totals.std(unbiased=False)),
                    **({} if groups.kind == "episode" else
@@ -488,8 +489,7 @@ def step_metrics(groups: Groups, update: Update, clock: list[float]) -> dict:
         **(episode_metrics(scores) if groups.kind == "episode" else turn_metrics(scores, G)),
         "loss": update.loss, "kl": update.kl, "clip_fraction": update.clip_fraction,
         "grad_norm": update.grad_norm, "finite": update.finite,
-        "new_tokens": parallel.all_sum(float(gen.completion_mask.sum())),
-        "completion_len": parallel.all_sum(float(gen.completion_mask.sum())) / rows,
+        "new_tokens": new_tokens, "completion_len": new_tokens / rows,
         "truncated": parallel.all_sum(float(gen.truncated.sum())) / rows,
         "seconds": {"rollout": clock[1] - clock[0], "reference": clock[2] - clock[1], "update": clock[3] - clock[2],
                     "total": clock[3] - clock[0]},
@@ -507,12 +507,11 @@ def turn_metrics(scores: list[Score], group_size: int) -> dict:
 
 def episode_metrics(scores: list["EpisodeScore"]) -> dict:
     """What the episode step's episodes did: means per episode (docs/commands.md)."""
-    return {"task_success": mean_of([s.success for s in scores]), "end_state": mean_of([s.end_state for s in scores]),
-            "communicated": mean_of([s.communicated for s in scores]),
-            "violations": mean_of([s.violations for s in scores]), "tool_errors": mean_of([s.tool_errors for s in scores]),
-            "agent_turns": mean_of([s.turns for s in scores]),
-            "format_errors": mean_of([s.format_errors for s in scores]),
-            "turn_limit": mean_of([s.ended_by == "turn limit" for s in scores])}
+    means = {key: mean_of([getattr(s, field) for s in scores]) for key, field in (
+        ("task_success", "success"), ("end_state", "end_state"), ("communicated", "communicated"),
+        ("violations", "violations"), ("tool_errors", "tool_errors"), ("agent_turns", "turns"),
+        ("format_errors", "format_errors"))}
+    return {**means, "turn_limit": mean_of([s.ended_by == "turn limit" for s in scores])}
 
 
 def mean_of(values: list) -> float | None:
