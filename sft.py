@@ -62,11 +62,12 @@ LR_DEFAULTS = {"tiny": 1e-3, "lora": 2e-4, "full": 1e-5}
 # Defaults that depend on the model's scale, (tiny model, real model), for flags left unset. A real model gets
 # LoRA r16 (full fine-tuning of 1.7 B needs ~4x the memory), whole APIGen-MT contexts (policy + tool schemas +
 # history reach 4k tokens), and 4 sequences per micro-batch x 8 accumulated = 32 per update (the tiny model's
-# 16 fit in one micro-batch).
-SCALE_DEFAULTS = {"lora_rank": (0, 16), "max_len": (1024, 4096), "batch_size": (16, 4), "grad_accum": (1, 8)}
-# Tokens per packed row of a micro-batch (collate): attention costs rows x L^2, so several short rows beat one
-# long one; 512 holds a whole demo-world conversation's turn samples (their prefix tree: 296 tokens on average).
-ROW_TOKENS = 512
+# 16 fit in one micro-batch). row_tokens bounds a packed row of a micro-batch (collate): 512 holds a demo-world
+# conversation's turn samples under the tiny tokenizer (their prefix tree: 296 tokens on average); a real
+# model's conversation alone is ~1,100 (SmolLM2) to 4k tokens, so its rows hold 4,096, enough for several
+# conversations to share their system prompt and tool schemas.
+SCALE_DEFAULTS = {"lora_rank": (0, 16), "max_len": (1024, 4096), "batch_size": (16, 4), "grad_accum": (1, 8),
+                  "row_tokens": (512, 4096)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,11 +127,12 @@ class SFTBatch:
         return SFTBatch(self.packed.to(device), self.predictors.to(device), self.targets.to(device))
 
 
-def collate(batch: list[Encoded], pad_id: int, share: bool = True) -> SFTBatch:
+def collate(batch: list[Encoded], pad_id: int, share: bool = True,
+            row_tokens: int = SCALE_DEFAULTS["row_tokens"][0]) -> SFTBatch:
     """The micro-batch packed into prefix-tree rows (packing.py): each conversation's turn samples in one row, where
-    they share its history; conversations first fit, largest first, into rows of ROW_TOKENS tokens (a larger one
+    they share its history; conversations first fit, largest first, into rows of row_tokens tokens (a larger one
     alone), where they share the system prompt and tool schemas. share=False: a row per sample (a padded batch)."""
-    rows = pack_rows(batch) if share else [[e] for e in batch]
+    rows = pack_rows(batch, row_tokens) if share else [[e] for e in batch]
     packed = pack([[e.input_ids for e in row] for row in rows], pad_id)
     predictors, targets = [], []
     for e, nodes in zip((e for row in rows for e in row), packed.nodes):
@@ -140,15 +142,16 @@ def collate(batch: list[Encoded], pad_id: int, share: bool = True) -> SFTBatch:
     return SFTBatch(packed, torch.tensor(predictors, dtype=torch.long), torch.tensor(targets, dtype=torch.long))
 
 
-def pack_rows(batch: list[Encoded]) -> list[list[Encoded]]:
-    """The batch's conversations, first fit, largest prefix tree first, into rows of ROW_TOKENS tree nodes."""
+def pack_rows(batch: list[Encoded], row_tokens: int) -> list[list[Encoded]]:
+    """The batch's conversations, first fit, largest prefix tree first, into rows of row_tokens tree nodes, each
+    conversation counted at its own tree's size (an upper bound: what it shares with the row is not subtracted)."""
     sized = sorted(((tree_size([e.input_ids for e in c]), c) for c in conversations_of(batch)), key=lambda x: -x[0])
     rows: list[list[Encoded]] = []
     room: list[int] = []
     for n, c in sized:
         r = next((r for r, free in enumerate(room) if free >= n), None)
         if r is None:
-            rows.append([]), room.append(max(ROW_TOKENS, n))
+            rows.append([]), room.append(max(row_tokens, n))
             r = len(rows) - 1
         rows[r] += c
         room[r] -= n
@@ -319,6 +322,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       f"or for pretrain {PRETRAIN_STREAM} (default: the demo split of the mode)")
     data.add_argument("--max-len", type=int, default=None, help="tokens per sequence; longer samples are skipped, "
                       f"with a count {scale_help(SCALE_DEFAULTS, 'max_len')}")
+    data.add_argument("--row-tokens", type=int, default=None, help="tree nodes per packed row of a micro-batch: "
+                      "conversations that fit together share their system prompt and tools in one row; attention "
+                      "costs rows x L^2 " + scale_help(SCALE_DEFAULTS, "row_tokens"))
     data.add_argument("--allow-large-cold-start", action="store_true")
     data.add_argument("--replay-ratio", type=float, default=3.0, help="cold start: no-thinking base SFT samples "
                       "mixed into each epoch per reasoning sample, against forgetting the action policy; 0 = none")
@@ -373,8 +379,8 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup, args.schedule_steps or total))
     evaluator = held_out_evaluator(args, tokenizer, thinking=args.mode == "cold-start")
     for step in range(run.start(total, model, tokenizer, optimizer, scheduler, evaluator), total):
-        batches = [collate(source.batch(step * args.grad_accum + m), tokenizer.pad_token_id)
-                   for m in range(args.grad_accum)]
+        batches = [collate(source.batch(step * args.grad_accum + m), tokenizer.pad_token_id,
+                           row_tokens=args.row_tokens) for m in range(args.grad_accum)]
         record = sft_step(model, optimizer, scheduler, params, batches, args.max_grad_norm, args.precision)
         if run.end_step(step + 1, record):
             break

@@ -251,3 +251,40 @@ def test_replay_passes_over_samples_too_long_and_keeps_the_epoch_size(tmp_path, 
     replayed = source.replayed(0)
     assert len(replayed) == source.n_replay == 2 * len(source.encoded)
     assert all(len(seq.input_ids) <= max_len for seq in replayed)
+
+
+def test_conversations_that_fit_a_row_share_their_system_prompt_with_the_padded_batch_loss_and_gradient():
+    """Two conversations that open with the same 10-token system prompt, two turn samples each: with rows of
+    row_tokens >= both trees they share one row, the system prompt computed once (node count by hand below); with
+    rows smaller than that each gets its own; both give the loss and gradient of a row per sample."""
+    from model import load
+    model, _ = load("tiny-random")
+    g = torch.Generator().manual_seed(1)
+    ids = lambda n: torch.randint(5, 3000, (n,), generator=g).tolist()   # noqa: E731
+    system = ids(10)
+    sequences = []
+    for conversation in ("a", "b"):
+        history = system + ids(4)
+        for n in (3, 5):
+            target = ids(n)
+            sequences.append(sft.Encoded(history + target, [IGNORE] * 14 + target, conversation))
+    # each conversation's tree: 14 history nodes + 3 + 5 targets = 22; together 10 shared + 2 x (4 + 3 + 5) = 34
+
+    def loss_and_grad(**kw):
+        model.zero_grad()
+        batch = collate(sequences, 0, **kw)
+        total, n = masked_token_nll(model, batch)
+        (total / n).backward()
+        return batch.packed.input_ids.shape, total.item() / n, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    one_row, apart, padded = (loss_and_grad(row_tokens=44), loss_and_grad(row_tokens=43),
+                              loss_and_grad(share=False))
+    assert one_row[0] == (1, 34) and apart[0] == (2, 22) and padded[0] == (4, 19)
+    for shape, loss, grad in (one_row, apart):
+        assert loss == pytest.approx(padded[1], abs=1e-6) and torch.allclose(grad, padded[2], atol=1e-6)
+
+
+def test_row_tokens_is_a_scale_default():
+    assert sft.parse_args(["--model", "tiny"]).row_tokens == sft.SCALE_DEFAULTS["row_tokens"][0] == 512
+    assert sft.parse_args(["--model", "smollm2-135m"]).row_tokens == sft.SCALE_DEFAULTS["row_tokens"][1] == 4096
+    assert sft.parse_args(["--model", "tiny", "--row-tokens", "64"]).row_tokens == 64
