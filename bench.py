@@ -36,7 +36,7 @@ from lora import inject_lora
 from model import autocast, eos_ids, is_tiny, load
 from rewards import RewardWeights, composite_reward
 from sampling import common_prefix, generate, sampling_noise
-from sft import SCALE_DEFAULTS as SFT_SCALE_DEFAULTS, Encoded, collate, sft_step
+from sft import SCALE_DEFAULTS as SFT_SCALE_DEFAULTS, collate, encode_turn, sft_step
 from toolcalls import parse_completion
 
 QWEN3_1_7B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
@@ -118,7 +118,7 @@ def bench_model(model_name: str, precision: str, group: int, new_tokens: int, pa
     runs = {"generation": lambda: bench_generation(model, tok, prompts, precision),
             "prefix-cache": lambda: bench_prefix_cache(model, tok, samples, precision),
             "episode-cache": lambda: bench_episode_cache(model, tok, precision),
-            "sft": lambda: bench_sft_step(model_name, model, tok, prompts, precision),
+            "sft": lambda: bench_sft_step(model_name, model, tok, precision),
             "grpo-step": lambda: bench_grpo_step(model_name, model, tok, samples, prompts, precision, group,
                                                  new_tokens)}
     for part in parts:
@@ -144,28 +144,36 @@ def bench_generation(model, tok, prompts: list[list[int]], precision: str, G: in
               f"model.generate {G * n_new / hf_s:7.0f} tok/s   (first sample finished {int(ours.completion_mask[0].sum())} tokens)")
 
 
-def bench_sft_step(model_name: str, model, tok, prompts: list[list[int]], precision: str) -> None:
-    """An SFT step (full fine-tuning) on held-out prompts, each a conversation of its own, in sft.py's packed rows
-    against a row per sample."""
-    # A real model's rows are ~1,100 tokens: 8 unshared rows keep 8 x heads x L^2 attention weights per layer for
-    # backward (the cold start's 8-row micro-batches took 24 GB), so 4 of them
-    sft_prompts = prompts[:8 if is_tiny(model_name) else 4]
-    encoded = [Encoded(p, p, f"prompt {i}") for i, p in enumerate(sft_prompts)]
+def bench_sft_step(model_name: str, model, tok, precision: str) -> None:
+    """An SFT step (full fine-tuning) on base SFT's encoding of held-out turns, two samples of each of two
+    conversations (tiny: four conversations), in three layouts: sft.py's rows (--row-tokens, the model's scale
+    default: conversations that fit share one row and its system prompt and tools), a conversation a row (what a
+    real model's ~1,100-token conversations got before --row-tokens), a row per sample (a padded batch)."""
+    per_conversation: dict[str, list] = {}
+    for sample in load_turn_samples(resolve_data("demo:test"))[0]:
+        per_conversation.setdefault(sample.conversation_id, []).append(sample)
+    # A real model's rows are ~1,100 tokens, and unshared rows keep heads x L^2 attention weights per layer for
+    # backward (the cold start's 8-row micro-batches took 24 GB), so 4 samples
+    chosen = [c[:2] for c in per_conversation.values() if len(c) >= 2][:4 if is_tiny(model_name) else 2]
+    encoded = [encode_turn(tok, s, False, 10**6) for c in chosen for s in c]
     row_tokens = SFT_SCALE_DEFAULTS["row_tokens"][0 if is_tiny(model_name) else 1]   # sft.py's default for the model
-    batches = {share: collate(encoded, tok.pad_token_id, share=share, row_tokens=row_tokens) for share in (True, False)}
+    layouts = {f"rows of {row_tokens}": dict(row_tokens=row_tokens), "a conversation a row": dict(row_tokens=1),
+               "a row per sample": dict(share=False)}
+    batches = {name: collate(encoded, tok.pad_token_id, **kw) for name, kw in layouts.items()}
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
-    s = alternating({share: lambda share=share: sft_step(model, opt, constant, params, [batches[share]],
-                                                         max_grad_norm=1.0, precision=precision)
-                     for share in (True, False)})
-    n = batches[True].packed.n_sequence_tokens
-    print(f"SFT step, batch {len(sft_prompts)} x up to {max(map(len, sft_prompts))} tokens, rows of {row_tokens} "
-          f"({len(batches[True].packed.input_ids)} rows; {n} sequence tokens; "
-          f"positions computed {batches[True].packed.input_ids.numel()} shared, "
-          f"{batches[False].packed.input_ids.numel()} a row each): {n / s[True]:7.0f} tok/s shared prefix, "
-          f"{n / s[False]:7.0f} tok/s a row each ({s[True] / s[False]:.2f}x the time, median of 3 alternating)")
+    s = alternating({name: lambda b=b: sft_step(model, opt, constant, params, [b], max_grad_norm=1.0,
+                                                precision=precision)
+                     for name, b in batches.items()})
+    n = sum(len(e.input_ids) for e in encoded)
+    print(f"SFT step, {len(encoded)} turn samples of {len(chosen)} conversations, {n} sequence tokens "
+          f"({min(len(e.input_ids) for e in encoded)}-{max(len(e.input_ids) for e in encoded)} a sample), median of 3 alternating:")
+    baseline = s["a row per sample"]
+    for name, b in batches.items():
+        print(f"  {name:20s} {b.packed.input_ids.shape[0]} rows, {b.packed.input_ids.numel():5d} positions "
+              f"computed: {n / s[name]:7.0f} tok/s ({s[name] / baseline:.2f}x the time of a row per sample)")
 
 
 def bench_grpo_step(model_name: str, model, tok, samples, prompts, precision: str, group: int, new_tokens: int

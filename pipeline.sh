@@ -85,7 +85,7 @@ train grpo       grpo.py "$OUT/grpo" --model "$OUT/cold" --data "$TRAIN" --seed 
 stage eval       python eval.py --data "$TEST" --out "$OUT/results.json" ${RESUME:+--resume} $EVAL_FLAGS \
                      --model "$MODEL" --name vanilla --model "$OUT/sft" --name base_sft \
                      --model "$OUT/cold" --name cold_start --model "$OUT/grpo" --name grpo
-if [ -z "${DATA:-}" ]; then    # whole conversations on each model's own actions, in the demo world (episodes.py)
+if [ -z "${DATA:-}" ] && [ "${EPISODES:-100}" != 0 ]; then   # whole conversations (episodes.py); EPISODES=0 skips
     stage episodes python eval.py --episodes "${EPISODES:-100}" --trials 4 --seed "$SEED" --out "$OUT/episodes.json" \
                      ${RESUME:+--resume} $EPISODE_FLAGS \
                      --model "$MODEL" --name vanilla --model "$OUT/sft" --name base_sft \
