@@ -62,6 +62,7 @@ class TurnResult:
     success: bool
     reasoning_words: int
     reward: float
+    completion: str = ""   # the model's text, as decoded (kept in --out, shown by --show)
 
 
 def turn_success(parsed: Parsed, truncated: bool, ref: Action) -> bool:
@@ -85,7 +86,25 @@ def score_turn(sample: TurnSample, text: str, truncated: bool, thinking: bool, w
         answer_f1=token_f1(parsed.answer, ref.content) if not ref.is_tool_call else 0.0,
         success=turn_success(parsed, truncated, ref),
         reasoning_words=parsed.reasoning_words,
-        reward=composite_reward(parsed, truncated, ref, thinking, weights).total)
+        reward=composite_reward(parsed, truncated, ref, thinking, weights).total,
+        completion=text)
+
+
+def show_turns(samples: list[TurnSample], rows: dict[str, dict]) -> str:
+    """Each turn's last context message, the reference action and every model's completion with its verdict
+    (rows: eval.py's --out rows, which keep the completions)."""
+    lines = []
+    for k, s in enumerate(samples):
+        last = s.messages[-1] if s.messages else {"role": "system", "content": s.system}
+        ref = s.target
+        gold = json.dumps(ref.tool_calls) if ref.is_tool_call else ref.content
+        lines += [f"--- turn {k} ({s.conversation_id}, {len(s.messages)} messages before it)",
+                  f"  last {last['role']}: {str(last.get('content'))[:300]}", f"  reference: {gold[:300]}"]
+        for name, row in rows.items():
+            text = row.get("completions", [None] * (k + 1))[k]
+            verdict = "ok" if row["successes"][k] else "wrong"
+            lines.append(f"  {name} [{verdict}]: " + ("(not kept)" if text is None else text.strip()[:600]))
+    return "\n".join(lines)
 
 
 def mean(values: list[float]) -> float:
@@ -243,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=4, help="episodes: trials per task (the K of pass^k)")
     p.add_argument("--temperature", type=float, default=1.0, help="episodes: the agent's sampling temperature")
     p.add_argument("--turn-limit", type=int, default=12, help="episodes: agent turns before the user gives up")
-    p.add_argument("--show", type=int, default=0, metavar="N", help="episodes: print N transcripts per model")
+    p.add_argument("--show", type=int, default=0, metavar="N", help="print N transcripts per model (episodes, "
+                   "tau2), or the first N held-out turns with every model's completion side by side")
     p.add_argument("--seed", type=int, default=0, help="episodes: tasks and sampling")
     p.add_argument("--episode-cache", choices=["on", "off", "auto"], default="auto", help="episodes: keep each "
                    "episode's KV cache between turns and compute only what is new (the same completions); auto = on "
@@ -308,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
             successes[name] = [[float(r.success) for r in results]]
             intervals[name] = mean_ci(successes[name])
             rows[name] = {**aggregate(results), "turn_success_ci": intervals[name][1:], "thinking": thinking,
-                          "seconds": round(time.perf_counter() - t0, 1), **what, "successes": successes[name][0]}
+                          "seconds": round(time.perf_counter() - t0, 1), **what, "successes": successes[name][0],
+                          "completions": [r.completion for r in results]}
             write_rows(args.out, rows)
+        if args.show:
+            print(show_turns(samples[:args.show], {name: rows[name] for name in names}))
         rows = {name: rows[name] for name in names}
         print(format_table(rows))
         print(f"\nturn success, 95% interval (bootstrap over the {len(samples)} held-out turns)"

@@ -124,3 +124,26 @@ def test_resume_keeps_the_rows_already_written_and_evaluates_the_rest(tmp_path, 
     other[other.index("3")] = "2"                             # fewer turns than the kept row was evaluated on
     assert evaluation.main(other) == 2
     assert "row 'a' has turns 3, this command 2" in capsys.readouterr().err
+
+
+def test_the_out_file_keeps_each_completion_and_show_puts_the_models_side_by_side(tmp_path, demo_dir, capsys):
+    """--out keeps every held-out turn's decoded completion, which re-scored gives that turn's stored verdict; --show 2
+    prints the first two turns' reference actions (from the data file) and both models' completions."""
+    from data import load_turn_samples
+    from model import load
+    out, data = tmp_path / "results.json", str(demo_dir / "retail_test.json")
+    assert evaluation.main(["--model", "tiny", "--name", "a", "--model", "tiny-random", "--name", "b", "--data", data,
+                            "--limit", "3", "--max-new-tokens", "24", "--show", "2", "--out", str(out)]) == 0
+    printed, rows = capsys.readouterr().out, json.loads(out.read_text())
+    samples = load_turn_samples(data)[0][:3]
+    special = evaluation.special_tokens(load("tiny")[1])
+    for name in ("a", "b"):
+        assert len(rows[name]["completions"]) == 3
+        for s, text, ok in zip(samples, rows[name]["completions"], rows[name]["successes"]):
+            assert float(turn_success(parse_completion(text, special), False, s.target)) == ok or ok == 0.0
+        for text in rows[name]["completions"][:2]:
+            assert f"{name} [" in printed and text.strip()[:600] in printed
+    for s in samples[:2]:
+        gold = json.dumps(s.target.tool_calls) if s.target.is_tool_call else s.target.content
+        assert f"reference: {gold[:300]}" in printed
+    assert printed.count("--- turn ") == 2
