@@ -5,7 +5,7 @@
 #
 #   bash pipeline.sh                                            the offline tiny default on the demo world
 #   MODEL=smollm2-135m bash pipeline.sh                         a real pretrained model (SmolLM2-135M-Instruct), offline,
-#       on the demo world, sized for 2 CPU cores (the sizes below, printed at start; 1.9 hours to the turn-level table)
+#       on the demo world, sized for 2 CPU cores (the sizes below, printed at start; 1.7-1.9 h to the turn table)
 #   RESUME=1 bash pipeline.sh                                   continue an interrupted run (same MODEL and OUT): finished
 #       stages are kept, a training stage that has a checkpoint continues from it (--resume), done evaluations kept
 #   MODEL=models/Qwen3-1.7B DATA=apigen-mt_5k.json bash pipeline.sh     the paper's setting, nothing written by hand:
@@ -13,7 +13,8 @@
 #       then the four stages and evaluation with the real-model defaults (each stage prints them at start)
 #
 #   BFCL=simple_python,multiple,parallel,parallel_multiple,irrelevance bash pipeline.sh   also score the four models on
-#       these BFCL categories, BFCL_FLAGS (default: the first 50 entries of each) (needs requirements-bfcl.txt)
+#       these BFCL categories, BFCL_FLAGS (default: the first 50 entries of each, 20 for smollm2-135m)
+#       (needs requirements-bfcl.txt)
 #
 # Each stage's flags can be replaced: SFT_FLAGS, COLD_FLAGS, GRPO_FLAGS, EVAL_FLAGS (e.g. GRPO_FLAGS="--steps 50").
 set -euo pipefail
@@ -48,9 +49,10 @@ else                          # the demo world: retail train / held-out / cold s
     TRAIN=$DEMO/retail_train.json COLD=$DEMO/retail_cold_start.json TEST=$DEMO/retail_test.json
     # every stage bounded by steps or epochs, never by wall time: the same seed and thread count give the same table
     if [ "$MODEL" = smollm2-135m ]; then
-        # The CPU run of a real model, all its sizes here (measured on 2 cores, seed 0): base SFT 80 steps x 8
-        # samples (2,058 s), cold start 2 epochs of 96 + 96 replayed samples (2,487 s; micro-batches of 2: 8
-        # samples of 8 conversations in one micro-batch took 24 GB and were killed), GRPO 20 steps (1,734 s),
+        # The CPU run of a real model, all its sizes here (measured on 2 cores, seed 0; AMD EPYC, 4,096-token SFT
+        # rows / Intel Xeon, 512): base SFT 80 steps x 8 samples (1,328 s / 2,058 s), cold start 2 epochs of 96 +
+        # 96 replayed samples (1,700 s / 2,487 s; micro-batches of 2: 8 samples of 8 conversations in one
+        # micro-batch took 24 GB and were killed), GRPO 20 steps (1,770 s / 1,734 s),
         # 128 new tokens (the demo's actions and traces fit; 1,024 is the real-model default), 150 held-out turns
         # (1,281 s for the four models), 20 episode tasks x 4 trials (each episode's KV cache kept: real prompts
         # are ~1,100 tokens; not yet run to the end: vanilla's first 4 of 80 episodes took 11.5 minutes).
@@ -60,7 +62,7 @@ else                          # the demo world: retail train / held-out / cold s
         EVAL_FLAGS=${EVAL_FLAGS-"--limit 150 --max-new-tokens 128"}
         EPISODE_FLAGS=${EPISODE_FLAGS-"--max-new-tokens 128 --episode-cache on"}
         EPISODES=${EPISODES:-20}
-        BFCL_FLAGS=${BFCL_FLAGS-"--limit 50 --max-new-tokens 128"}
+        BFCL_FLAGS=${BFCL_FLAGS-"--limit 20 --max-new-tokens 128"}   # 210-260 s a model
     else
         SFT_FLAGS=${SFT_FLAGS-"--max-steps 1200"}
         COLD_FLAGS=${COLD_FLAGS-"--epochs 25 --batch-size 8 --warmup 5"}
