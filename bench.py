@@ -97,7 +97,7 @@ def bench_episode_cache(model, tok, precision: str, n_tasks: int = 2, n_new: int
         agent = episode_agent(model, tok, False, {"batch_size": 16, "max_new_tokens": n_new}, precision, 0.0,
                               torch.Generator().manual_seed(0), reuse)
         t0 = time.perf_counter()
-        episodes = run_episodes(agent, tasks, 1, 12, 0)
+        episodes = run_episodes(agent, tasks, 1, 12)
         return time.perf_counter() - t0, [transcript(e) for e in episodes], sum(e.agent_turns for e in episodes)
     (cached, a, turns), (whole, b, _) = run(True), run(False)
     print(f"episodes, greedy, {n_tasks} tasks x 1 trial, {turns} agent turns, up to {n_new} new tokens a turn: "

@@ -11,7 +11,7 @@ A task (held-out retail users only, never a training user) is one or two retail 
 the user knows, the one it leaves out at first (as the clarifying-question flows do), the gold tool calls that
 reach the goal, and the values the agent must tell the user. The scripted user opens (often with a greeting),
 states a request, answers a question that asks for a detail it knows with exactly that detail ("I don't know"
-otherwise), confirms when asked, moves to its next request once the agent has reported the values of this one,
+otherwise), confirms when asked, moves to its next request once the agent has told the values of this one (`told`),
 thanks and ends after the last; its phrasing comes from the same pools as the training data (worlds.USER_SAYS).
 It is rule-based and seeded per (task, trial): the same agent actions give the same transcript.
 
@@ -20,7 +20,14 @@ Metrics (tau-bench, Yao et al. 2024), per episode and over tasks:
                           reads change nothing); a write the policy forbids (cancelling an order that is not
                           pending, returning one not delivered) is carried out as a careless backend would, and
                           counted as a policy violation: the end state is then wrong
-    communicated success  every value the task must report appears in what the agent said (case-insensitive)
+    communicated success  every request's values told and obtained (`told`, `obtained`): the user moved on from each
+                          request because what the agent asserted about it names exactly the values to report
+                          (a value of the same kind that is not one of them -- another status, amount or street
+                          address -- contradicts them: a sentence naming every status tells the user nothing;
+                          questions assert nothing; the policy phrase "only pending orders can be cancelled" is
+                          not a status report; a write that goes through starts the count again), and each value
+                          had come back in a tool output of the episode before the answer that told it (a value
+                          it never read is a guess, however right)
     task success          both (task_success_ci: its 95% bootstrap interval over tasks, stats.mean_ci)
     pass^k                for a task with c successes in n >= k trials: C(c, k) / C(n, k); the mean over tasks
     turns, tool errors, policy violations: means per episode; and task success per flow
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from collections import ChainMap
 from dataclasses import asdict, dataclass, field
@@ -43,7 +51,7 @@ from cli import run_cli
 from data import Action, DataError, TurnSample, read_records, write_json_atomic
 from stats import mean_ci
 from toolcalls import parse_completion
-from worlds import GREETINGS, RETAIL, THANKS, USER_SAYS, address, pick_order, retail_world
+from worlds import GREETINGS, RETAIL, STREETS, THANKS, USER_SAYS, address, pick_order, retail_world
 
 FLOWS = ("status", "cancel", "return", "address", "product", "two orders", "new address")
 ASK_NOUN = {"order_id": "order id", "email": "email address", "user_id": "user id"}   # as the training agent asks
@@ -52,6 +60,12 @@ SAY_DETAIL = {"order_id": "order id", "email": "email", "user_id": "user id"}   
 CONFIRM_WORDS = ("confirm", "proceed", "should i", "shall i", "do you want", "would you like me")
 DONT_KNOW = "I'm sorry, I don't know that."
 NUDGE = "Can you help me with that?"
+VALUE_KINDS = {   # what a reported value can be: each kind's pattern finds every value of that kind in a text
+    "status": re.compile(r"\b(?:pending|processed|delivered|cancelled|return requested)\b"),
+    "amount": re.compile(r"\b\d+\.\d\d\b"),
+    "street address": re.compile(r"\b\d{1,2} (?:%s)\b" % "|".join(s.lower() for s in STREETS)),
+}
+POLICY_PHRASE = re.compile(r"only [a-z ]+? orders can be [a-z]+")   # "only pending orders can be cancelled"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,6 +89,7 @@ class Task:
     email: str
     greeting: bool
     requests: list[Request]
+    world_seed: int             # the seed of the database its gold actions and values come from (worlds.retail_world)
 
     @property
     def flows(self) -> list[str]:
@@ -170,22 +185,33 @@ def make_tasks(n: int, seed: int = 0, split: str = "test") -> list[Task]:
         state = overlay(db)
         flows = rng.sample(FLOWS, rng.choice([1, 1, 2]))
         requests = [make_request(flow, user, state, rng) for flow in flows]
-        tasks.append(Task(f"{prefix}{i}", user["user_id"], user["email"], rng.random() < 0.6, requests))
+        tasks.append(Task(f"{prefix}{i}", user["user_id"], user["email"], rng.random() < 0.6, requests, seed))
     return tasks
 
 
+def world_db(seed: int) -> dict:
+    """The retail database that make_tasks(seed=seed) made its tasks on."""
+    return retail_world(random.Random(seed))[0]
+
+
 def task_from_dict(d: dict) -> Task:
-    return Task(d["task_id"], d["user_id"], d["email"], d["greeting"], [Request(**r) for r in d["requests"]])
+    return Task(d["task_id"], d["user_id"], d["email"], d["greeting"], [Request(**r) for r in d["requests"]],
+                d["world_seed"])
 
 
 def load_tasks(spec: str, seed: int = 0) -> list[Task]:
-    """--episodes N (make_tasks) or a tasks file written by `python episodes.py tasks`."""
+    """--episodes N (make_tasks on the database of `seed`) or a tasks file written by `python episodes.py tasks`,
+    whose tasks carry the seed of their own database (so the file, not the run's --seed, says which world it is)."""
     if spec.isdigit():
         return make_tasks(int(spec), seed)
-    try:
-        return [task_from_dict(d) for d in read_records(spec)]
-    except (KeyError, TypeError) as e:
-        raise DataError(f"{spec}: not a tasks file of episodes.py ({e})") from None
+    tasks = []
+    for i, d in enumerate(read_records(spec)):
+        try:
+            tasks.append(task_from_dict(d))
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{spec}: record {i}: not a task of `python episodes.py tasks` (field {e}; a file "
+                            "without 'world_seed' is from an older version: write it again)") from None
+    return tasks
 
 
 def goal_state(task: Task, db: dict) -> dict:
@@ -216,6 +242,11 @@ class ScriptedUser:
         self.heard, self.nudged, self.requested = "", 0, True
         return self.task.requests[self.index].text
 
+    def database_changed(self) -> None:
+        """A write went through: what the agent said before it ("it is pending; shall I cancel it?") may be out of
+        date, so only what it says from now on counts."""
+        self.heard = ""
+
     def detail_asked(self, text: str) -> str | None:
         if "?" not in text and "please give" not in text and "please provide" not in text:
             return None
@@ -228,7 +259,7 @@ class ScriptedUser:
             return self.state_request()
         request = self.task.requests[self.index]
         self.heard += " " + text
-        if all(value.lower() in self.heard for value in request.report):
+        if told(request, self.heard):
             self.index += 1
             if self.index == len(self.task.requests):
                 self.ended = True
@@ -246,11 +277,42 @@ class ScriptedUser:
         return NUDGE if self.nudged == 1 else DONT_KNOW
 
 
+def told(request: Request, heard: str) -> bool:
+    """What the agent asserted about the request (`heard`) names exactly its values to report: for each kind of value
+    the request reports, the values of that kind in the assertions == the request's values of it."""
+    named = values_named(assertions(heard))
+    return all(named[kind] == values for kind, values in values_to_report(request).items())
+
+
+def assertions(text: str) -> str:
+    """The text without its questions: a sentence (split at . ! ? and line breaks) that ends in '?' asserts nothing."""
+    return " ".join(s for s in re.split(r"(?<=[.!?])\s+|\n", text) if not s.rstrip().endswith("?"))
+
+
+def values_named(text: str) -> dict[str, set[str]]:
+    """The values of each kind (VALUE_KINDS) a text names, lower case; the policy's own phrase ("only pending orders
+    can be cancelled") names no status."""
+    text = POLICY_PHRASE.sub("", text.lower())
+    return {kind: set(pattern.findall(text)) for kind, pattern in VALUE_KINDS.items()}
+
+
+def values_to_report(request: Request) -> dict[str, set[str]]:
+    """The request's values to report by kind, lower case (a value of no kind is the task's error, not the agent's)."""
+    by_kind: dict[str, set[str]] = {}
+    for value in request.report:
+        kind = next((k for k, pattern in VALUE_KINDS.items() if pattern.fullmatch(value.lower())), None)
+        if kind is None:
+            raise ValueError(f"{value!r}: a value to report of no kind in VALUE_KINDS")
+        by_kind.setdefault(kind, set()).add(value.lower())
+    return by_kind
+
+
 # ----------------------------------------------------------------------------------------------
 # Episodes
 # ----------------------------------------------------------------------------------------------
 POLICY_WRITES = {"cancel_pending_order": ("pending", "cancelled"),
                  "return_delivered_order_items": ("delivered", "return requested")}
+WRITES = {*POLICY_WRITES, "modify_user_address"}
 
 
 @dataclass
@@ -267,6 +329,7 @@ class Episode:
     tool_errors: int = 0
     violations: int = 0
     format_errors: int = 0
+    obtained: list[bool] = field(default_factory=list)   # per request told: its values came back from a tool first
     done: bool = False
     ended_by: str = ""
 
@@ -305,9 +368,12 @@ class Episode:
         self.messages.append({"role": "user", "content": text})
         self.events.append(("user", text))
 
-    def step(self, completion: str, turn_limit: int, special_tokens: frozenset[str] = frozenset()) -> None:
+    def step(self, completion: str, turn_limit: int, special_tokens: frozenset[str] = frozenset(),
+             fits: Callable[["Episode"], bool] | None = None) -> None:
         """Take the agent's completion: tool calls run and their outputs are appended; an answer goes to the user.
-        special_tokens: the agent's tokenizer's control tokens, a format error inside a completion."""
+        special_tokens: the agent's tokenizer's control tokens, a format error inside a completion. fits: whether
+        the conversation so far still fits the agent's prompt; one that does not ends the episode as the turn limit
+        does, before a turn it could not read whole (grpo.py's --max-prompt-len)."""
         parsed = parse_completion(completion, special_tokens)
         self.agent_turns += 1
         self.format_errors += bool(parsed.errors)
@@ -316,39 +382,49 @@ class Episode:
         if parsed.tool_calls:
             self.messages.append(Action(parsed.answer, parsed.tool_calls).message())
             for c in parsed.tool_calls:
-                observation = json.dumps(self.execute(c))
+                result = self.execute(c)
+                if c["name"] in WRITES and "error" not in result:
+                    self.user.database_changed()
+                observation = json.dumps(result)
                 self.messages.append({"role": "tool", "content": observation})
                 self.events += [("calls", f"{c['name']}({json.dumps(c['arguments'])})"), ("tool", observation)]
         else:
             self.messages.append(Action(parsed.answer).message())
             self.said.append(parsed.answer)
             self.events.append(("agent", parsed.answer))
+            request = self.user.index
             self.say_user(self.user.reply(parsed.answer))
+            if self.user.index > request:   # this answer told the request's values: had the agent read them?
+                read = values_named(" ".join(m["content"] for m in self.messages if m["role"] == "tool"))
+                wanted = values_to_report(self.task.requests[request])
+                self.obtained.append(all(values <= read[kind] for kind, values in wanted.items()))
             if self.user.ended:
                 self.done, self.ended_by = True, "user"
-        if not self.done and self.agent_turns >= turn_limit:
+        if not self.done and (self.agent_turns >= turn_limit or (fits is not None and not fits(self))):
             self.done, self.ended_by = True, "turn limit"
 
 
 Agent = Callable[[list[Episode]], list[str]]   # the active episodes -> one completion each
 
 
-def run_episodes(agent: Agent, tasks: list[Task], trials: int, turn_limit: int, seed: int = 0,
+def run_episodes(agent: Agent, tasks: list[Task], trials: int, turn_limit: int,
                  progress: Callable[[int], None] | None = None, special_tokens: frozenset[str] = frozenset(),
-                 user_seed: int | None = None) -> list[Episode]:
-    """trials episodes of each task, stepped together: each round, every active episode gets one agent action
-    (special_tokens: those of the agent's tokenizer, see Episode.step). Trial k's user is seeded k, or every
-    trial's user_seed when given (GRPO's group: the same user, so the trials differ by the agent only)."""
-    db, _, _ = retail_world(random.Random(seed))
+                 user_seed: int | None = None, fits: Callable[[Episode], bool] | None = None) -> list[Episode]:
+    """trials episodes of each task, each on a copy of its task's own database, stepped together: each round, every
+    active episode gets one agent action (special_tokens and fits: see Episode.step). Trial
+    k's user is seeded k, or every trial's user_seed when given (GRPO's group: the same user, so the trials differ
+    by the agent only)."""
+    dbs = {seed: world_db(seed) for seed in {t.world_seed for t in tasks}}
     episodes = []
     for task in tasks:
         for k in range(trials):
-            e = Episode(task, k, overlay(db), ScriptedUser(task, k if user_seed is None else user_seed))
+            user = ScriptedUser(task, k if user_seed is None else user_seed)
+            e = Episode(task, k, overlay(dbs[task.world_seed]), user)
             e.say_user(e.user.opening())
             episodes.append(e)
     while active := [e for e in episodes if not e.done]:
         for e, completion in zip(active, agent(active)):
-            e.step(completion, turn_limit, special_tokens)
+            e.step(completion, turn_limit, special_tokens, fits)
         if progress:
             progress(sum(e.done for e in episodes))
     return episodes
@@ -382,8 +458,8 @@ def end_state_ok(episode: Episode, goal: dict) -> bool:
 
 
 def communicated_ok(episode: Episode) -> bool:
-    said = " ".join(episode.said).lower()
-    return all(v.lower() in said for r in episode.task.requests for v in r.report)
+    """Every request told (the user moved on from each: ScriptedUser.reply, told) with values it had obtained."""
+    return len(episode.obtained) == len(episode.task.requests) and all(episode.obtained)
 
 
 def pass_hat_k(successes: list[int], n: int, k: int) -> float:
@@ -391,24 +467,25 @@ def pass_hat_k(successes: list[int], n: int, k: int) -> float:
     return sum(comb(c, k) for c in successes) / (comb(n, k) * len(successes))
 
 
-def judged(episodes: list[Episode], seed: int = 0) -> list[tuple[Episode, bool, bool]]:
+def judged(episodes: list[Episode]) -> list[tuple[Episode, bool, bool]]:
     """(episode, end state right, result communicated) for each episode; success is both."""
-    db, _, _ = retail_world(random.Random(seed))
-    goals = {t.task_id: goal_state(t, db) for t in {e.task.task_id: e.task for e in episodes}.values()}
+    tasks = {e.task.task_id: e.task for e in episodes}.values()
+    dbs = {seed: world_db(seed) for seed in {t.world_seed for t in tasks}}
+    goals = {t.task_id: goal_state(t, dbs[t.world_seed]) for t in tasks}
     return [(e, end_state_ok(e, goals[e.task.task_id]), communicated_ok(e)) for e in episodes]
 
 
-def task_successes(episodes: list[Episode], seed: int = 0) -> dict[str, int]:
+def task_successes(episodes: list[Episode]) -> dict[str, int]:
     """Successful trials of each task, in task order."""
     per_task: dict[str, int] = {}
-    for e, state, told in judged(episodes, seed):
-        per_task[e.task.task_id] = per_task.get(e.task.task_id, 0) + (state and told)
+    for e, state, communicated in judged(episodes):
+        per_task[e.task.task_id] = per_task.get(e.task.task_id, 0) + (state and communicated)
     return per_task
 
 
-def score(episodes: list[Episode], trials: int, seed: int = 0) -> dict:
+def score(episodes: list[Episode], trials: int) -> dict:
     """The episode table's row (module docstring)."""
-    results, per_task = judged(episodes, seed), task_successes(episodes, seed)
+    results, per_task = judged(episodes), task_successes(episodes)
     n = len(results)
     row = {"tasks": len(per_task), "trials": trials, "end_state": sum(r[1] for r in results) / n,
            "communicated": sum(r[2] for r in results) / n, "task_success": sum(r[1] and r[2] for r in results) / n}

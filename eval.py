@@ -147,22 +147,27 @@ def generate_texts(model, tokenizer, samples: list[TurnSample], thinking: bool, 
                     max_new_tokens, precision, progress, temperature, generator, prefixes)
 
 
-def complete(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int, precision: str,
-             progress: bool = False, temperature: float = 0.0, generator: torch.Generator | None = None,
+def complete(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int | list[int],
+             precision: str, progress: bool = False, temperature: float = 0.0, generator: torch.Generator | None = None,
              prefixes: list | None = None) -> list[tuple[str, bool]]:
-    """generate_texts on prompts already tokenised (a benchmark's own prompts: bfcl.py)."""
+    """generate_texts on prompts already tokenised. max_new_tokens: one budget, or each prompt's own (BFCL's): a batch
+    is generated to its largest and each completion cut at its own, the tokens it gets alone (to float rounding)."""
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[tuple[str, bool]] = [("", True)] * len(prompts)
     device = next(model.parameters()).device
     for k in tqdm(range(0, len(order), batch_size), desc="eval", disable=not progress, dynamic_ncols=True):
         idx = order[k:k + batch_size]
-        noise = sampling_noise(len(idx), max_new_tokens, generator) if temperature > 0 else None
+        most = max(budgets[i] for i in idx)
+        noise = sampling_noise(len(idx), most, generator) if temperature > 0 else None
         with autocast(precision, device):
             gen = generate(model, [prompts[i] for i in idx], eos_ids=eos_ids(model, tokenizer),
-                           pad_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens, temperature=temperature,
+                           pad_id=tokenizer.pad_token_id, max_new_tokens=most, temperature=temperature,
                            noise=noise, prefixes=None if prefixes is None else [prefixes[i] for i in idx])
-        for i, text, truncated in zip(idx, gen.completion_texts(tokenizer), gen.truncated.tolist()):
-            outputs[i] = (text, truncated)
+        for i, ids, cut in zip(idx, gen.completion_lists(), gen.truncated.tolist()):
+            ended = not cut and len(ids) <= budgets[i]   # its EOS within its own budget (the EOS is dropped)
+            outputs[i] = (tokenizer.decode(ids[:-1] if ended else ids[:budgets[i]], skip_special_tokens=False),
+                          not ended)
         for i, prefix in zip(idx, gen.prefixes or []):
             prefixes[i] = prefix
     return outputs
@@ -270,9 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                    "for a tiny model, off for a real one, whose caches for every episode at once would not fit")
     p.add_argument("--bfcl", metavar="CATEGORIES", help="the Berkeley Function Calling Leaderboard instead: comma-"
                    "separated categories (simple_python, multiple, parallel, parallel_multiple, irrelevance, live_*), "
-                   "prompted, decoded and scored as BFCL does, by BFCL's code (bfcl.py); --limit N entries of each")
+                   "prompted, decoded and scored as BFCL does, by BFCL's code (bfcl.py); --limit N entries of each; "
+                   "a completion cut at --max-new-tokens is generated again within BFCL's own token budget")
     p.add_argument("--completions", metavar="FILE", help="--bfcl: score these completions (JSON lines {\"id\", "
-                   "\"completion\"}) instead of generating; no model is loaded")
+                   "\"completion\"[, \"truncated\": true]}) instead of generating; no model is loaded")
     p.add_argument("--tau2", metavar="DOMAIN", help="tau2-bench instead: whole conversations in tau2's own retail or "
                    "airline world, scored by tau2's evaluator (tau2bench.py); --trials, --limit N tasks, --show")
     p.add_argument("--split", default="test", help="--tau2: task split (train, test, base = all)")
@@ -282,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
                    "project loads), or litellm:NAME for tau2's own user through litellm; needed unless --agent gold")
     p.add_argument("--max-steps", type=int, default=200, help="--tau2: messages before the conversation is cut (tau2's "
                    "default; cut conversations score 0)")
+    p.add_argument("--user-max-new-tokens", type=int, default=128, help="--tau2: tokens a --user MODEL writes per "
+                   "message at most (a user's message is a sentence or three; unbounded, a small model rambles on)")
+    p.add_argument("--user-temperature", type=float, default=0.0, help="--tau2: the --user MODEL's sampling "
+                   "temperature (tau2's user default: 0, greedy); a litellm: user keeps tau2's own settings")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="compute precision (autocast; auto: bf16 on a GPU, fp32 on the CPU)")
@@ -318,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, model_name in zip(names, args.model):
             if name in rows:
                 continue
-            thinking = args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
+            thinking = prompt_thinking(args, model_name)
             model, tokenizer = load(model_name, device=args.device)
             t0 = time.perf_counter()
             settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
@@ -327,9 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                                      weights=weights, **settings)
             successes[name] = [[float(r.success) for r in results]]
             intervals[name] = mean_ci(successes[name])
-            rows[name] = {**aggregate(results), "turn_success_ci": intervals[name][1:], "thinking": thinking,
-                          "seconds": round(time.perf_counter() - t0, 1), **what, "successes": successes[name][0],
-                          "completions": [r.completion for r in results]}
+            rows[name] = {**aggregate(results), "turn_success_ci": intervals[name][1:],
+                          **row_settings(args, model_name), "seconds": round(time.perf_counter() - t0, 1), **what,
+                          "successes": successes[name][0], "completions": [r.completion for r in results]}
             write_rows(args.out, rows)
         if args.show:
             print(show_turns(samples[:args.show], {name: rows[name] for name in names}))
@@ -348,9 +358,20 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(body)
 
 
+def row_settings(args, model_name: str) -> dict:
+    """What a row's numbers depend on in every mode besides the mode's own work: the model, its prompt mode, its
+    completion budget and the compute precision. Each row stores them, and --resume compares them (kept_rows). Batch
+    size and device are left out: they change how the completions are computed, not what (up to float rounding)."""
+    return {"model": model_name, "thinking": prompt_thinking(args, model_name),
+            "max_new_tokens": scale_settings(model_name, None, args.max_new_tokens)["max_new_tokens"],
+            "precision": resolve_precision(args.precision, args.device)}
+
+
 def kept_rows(args, what: dict) -> dict[str, dict]:
-    """Under --resume, the rows of the --out file that this command also asks for, each checked to have been
-    evaluated on the same work (`what`: data and size); {} otherwise."""
+    """Under --resume, the rows of the --out file that this command also asks for, each checked to have been made
+    under this command's settings: the mode's work (`what`: data and size, tasks, trials, seed, ...) and the row's own
+    (row_settings); {} otherwise. A row made under other settings is refused, not kept: beside the new rows it would
+    compare numbers of two different evaluations."""
     path = Path(args.out) if args.out else None
     if not (args.resume and path.is_file()):
         return {}
@@ -358,10 +379,10 @@ def kept_rows(args, what: dict) -> dict[str, dict]:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise BadInput(f"{path}: not JSON ({e}); remove it or drop --resume") from None
-    names = args.name or args.model
-    rows = {name: row for name, row in saved.items() if name in names}
+    models = dict(zip(args.name or args.model, args.model))
+    rows = {name: row for name, row in saved.items() if name in models}
     for name, row in rows.items():
-        for key, value in what.items():
+        for key, value in {**what, **row_settings(args, models[name])}.items():
             if row.get(key) != value:
                 raise BadInput(f"{path}: row '{name}' has {key} {row.get(key)!r}, this command {value!r}; remove the "
                                f"file or drop --resume")
@@ -385,7 +406,7 @@ def evaluate_episodes(args, names: list[str], precision: str) -> None:
     for name, model_name in zip(names, args.model):
         if name in rows:
             continue
-        thinking = args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
+        thinking = prompt_thinking(args, model_name)
         model, tokenizer = load(model_name, device=args.device)
         settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
@@ -393,10 +414,10 @@ def evaluate_episodes(args, names: list[str], precision: str) -> None:
         agent = episode_agent(model, tokenizer, thinking, settings, precision, args.temperature, generator, reuse)
         t0 = time.perf_counter()
         with tqdm(total=len(tasks) * args.trials, desc=f"episodes {name}", dynamic_ncols=True) as bar:
-            episodes = run_episodes(agent, tasks, args.trials, args.turn_limit, args.seed,
+            episodes = run_episodes(agent, tasks, args.trials, args.turn_limit,
                                     progress=lambda done: bar.update(done - bar.n),
                                     special_tokens=special_tokens(tokenizer))
-        rows[name] = {**score(episodes, args.trials, args.seed), "thinking": thinking,
+        rows[name] = {**score(episodes, args.trials), **row_settings(args, model_name),
                       "seconds": round(time.perf_counter() - t0, 1), **what}
         write_rows(args.out, rows)
         for e in episodes[::args.trials][:args.show]:
@@ -407,6 +428,26 @@ def evaluate_episodes(args, names: list[str], precision: str) -> None:
     for name in names:
         print(f"  {name:<14} {show(rows[name]['task_success'], *rows[name]['task_success_ci'])}")
     write_rows(args.out, rows)
+
+
+def bfcl_completions(model, tokenizer, entries: list[dict], settings: dict, precision: str) -> dict:
+    """Each entry's greedy completion (bfcl.Completion) to BFCL's prompt text, within the budget BFCL's own run gives
+    it (bfcl.max_tokens: the context less the prompt, at most 4,096). All are generated within --max-new-tokens
+    first; those cut there are generated again at their BFCL budget: cut short, a thought cut before its call would
+    read as "no call", a pass on irrelevance."""
+    import bfcl
+    prompts = [tokenizer(bfcl.prompt_text(e), add_special_tokens=False)["input_ids"] for e in entries]
+    context = bfcl.context_length(model.config, tokenizer)
+    budgets = [bfcl.max_tokens(len(p), context) for p in prompts]
+    first = complete(model, tokenizer, prompts, settings["batch_size"],
+                     [min(b, settings["max_new_tokens"]) for b in budgets], precision, progress=True)
+    completions = [bfcl.Completion(text, cut) for text, cut in first]
+    again = [i for i, ((_, cut), b) in enumerate(zip(first, budgets)) if cut and b > settings["max_new_tokens"]]
+    second = complete(model, tokenizer, [prompts[i] for i in again], settings["batch_size"],
+                      [budgets[i] for i in again], precision, progress=True)
+    for i, (text, cut) in zip(again, second):
+        completions[i] = bfcl.Completion(text, cut, regenerated=True)
+    return {e["id"]: c for e, c in zip(entries, completions)}
 
 
 def evaluate_bfcl(args, names: list[str], precision: str) -> None:
@@ -428,22 +469,22 @@ def evaluate_bfcl(args, names: list[str], precision: str) -> None:
             settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
         for category in categories:
             if not args.completions:
-                entries = bfcl.entries(category, args.limit, with_hint=True)
-                prompts = [tokenizer(bfcl.prompt_text(tokenizer, e), add_special_tokens=False)["input_ids"]
-                           for e in entries]
-                texts = complete(model, tokenizer, prompts, settings["batch_size"], settings["max_new_tokens"],
-                                 precision, progress=True)
-                completions = {e["id"]: text for e, (text, _) in zip(entries, texts)}
+                completions = bfcl_completions(model, tokenizer, bfcl.entries(category, args.limit, with_hint=True),
+                                               settings, precision)
             results[category] = bfcl.score(category, completions, args.limit, score_root / name.replace("/", "_"))
         rows[name] = {**{c: r["accuracy"] for c, r in results.items()}, **bfcl.summary(results),
                       "categories": results, "seconds": round(time.perf_counter() - t0, 1), "bfcl": args.bfcl,
-                      "limit": args.limit}
+                      "limit": args.limit, **row_settings(args, model_name)}
         write_rows(args.out, rows)
     rows = {name: rows[name] for name in names}
     print(format_table(rows, categories + list(bfcl.GROUPS)))
     print("\naccuracy, 95% interval (bootstrap over each category's entries; scored by bfcl-eval's own runner):")
     for name in names:
         print(f"  {name:<14} " + "   ".join(f"{c} {show(r['accuracy'], *r['accuracy_ci'])}"
+                                            for c, r in rows[name]["categories"].items()))
+    print("\ncompletions cut at --max-new-tokens and generated again / cut at BFCL's own budget, and so scored cut:")
+    for name in names:
+        print(f"  {name:<14} " + "   ".join(f"{c} {r['regenerated']} / {r['truncated']}"
                                             for c, r in rows[name]["categories"].items()))
     write_rows(args.out, rows)
 
@@ -462,21 +503,36 @@ def sampler_responder(model, tokenizer, thinking: bool, settings: dict, precisio
     return respond
 
 
+def message_progress(bar: tqdm, shown: bool) -> Callable:
+    """tau2bench.run's on_message: the conversation's bar (messages so far, the last one's role and seconds) and,
+    when shown, a line per message with the seconds it took."""
+    import tau2bench
+
+    def on_message(message, seconds: float) -> None:
+        bar.set_postfix_str(f"last: {message.role} {seconds:.1f} s", refresh=False)
+        bar.update(1)
+        if shown:
+            bar.write(f"  {seconds:6.1f} s {tau2bench.message_line(message)}")
+    return on_message
+
+
 def evaluate_tau2(args, names: list[str], precision: str) -> None:
-    """tau2-bench's metrics of each model (or of the gold actions), a row each; transcripts with --show."""
+    """tau2-bench's metrics of each model (or of the gold actions), a row each; each conversation's progress by
+    message, and with --show its first N tasks' conversations printed as they go."""
     import tau2bench   # its optional package (requirements-tau2.txt) is imported only here
     tasks = tau2bench.tasks(args.tau2, args.split, args.limit)
     what = {"tau2": args.tau2, "split": args.split, "limit": args.limit, "trials": args.trials, "seed": args.seed,
-            "user": args.user, "max_steps": args.max_steps, "temperature": args.temperature}
+            "user": args.user, "max_steps": args.max_steps, "temperature": args.temperature,
+            "user_max_new_tokens": args.user_max_new_tokens, "user_temperature": args.user_temperature}
     rows = kept_rows(args, what)
     user_model = None   # (model, tokenizer, settings) of a --user model, loaded once for every row
     if args.user and not args.user.startswith("litellm:") and args.agent == "model":
-        user_model = (*load(args.user, device=args.device), scale_settings(args.user, None, args.max_new_tokens))
+        user_model = (*load(args.user, device=args.device), {"max_new_tokens": args.user_max_new_tokens})
     for name, model_name in zip(names, args.model):
         if name in rows:
             continue
         if args.agent == "model":
-            thinking = args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
+            thinking = prompt_thinking(args, model_name)
             model, tokenizer = load(model_name, device=args.device)
             settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
             special = special_tokens(tokenizer)
@@ -499,16 +555,22 @@ def evaluate_tau2(args, names: list[str], precision: str) -> None:
                         else:
                             user_net, user_tok, user_settings = user_model
                             user = tau2bench.make_user(task, sampler_responder(
-                                user_net, user_tok, False, user_settings, precision, args.temperature, generator))
-                    simulation = tau2bench.run(args.tau2, task, agent_of, user, args.max_steps, seed)
+                                user_net, user_tok, False, user_settings, precision, args.user_temperature, generator))
+                    shown = trial == 0 and i < args.show   # printed as it goes, a line per message
+                    if shown:
+                        bar.write(f"task {task.id}, trial 0:")
+                    with tqdm(total=args.max_steps + 1, desc=f"task {task.id} trial {trial}", unit="msg", position=1,
+                              leave=False, dynamic_ncols=True, disable=args.agent == "gold") as messages:
+                        simulation = tau2bench.run(args.tau2, task, agent_of, user, args.max_steps, seed,
+                                                   message_progress(messages, shown))
+                    if shown:
+                        bar.write(tau2bench.verdict_line(simulation) + "\n")
                     simulations.append(simulation)
                     records.append(tau2bench.simulation_record(simulation, trial))
                     bar.update(1)
         rows[name] = {**tau2bench.score(simulations, args.trials), "seconds": round(time.perf_counter() - t0, 1),
-                      **what, "simulations": records}
+                      **what, **row_settings(args, model_name), "simulations": records}
         write_rows(args.out, rows)
-        for simulation in simulations[::args.trials][:args.show]:
-            print(tau2bench.transcript(simulation), "\n")
     rows = {name: rows[name] for name in names}
     columns = ["success", "reward"] + [f"pass^{k}" for k in range(1, args.trials + 1)] + ["messages"]
     print(format_table(rows, columns))
@@ -517,6 +579,11 @@ def evaluate_tau2(args, names: list[str], precision: str) -> None:
     for name in names:
         print(f"  {name:<14} {show(rows[name]['success'], *rows[name]['success_ci'])}   ended by "
               + ", ".join(f"{k} {v}" for k, v in sorted(rows[name]["terminations"].items())))
+
+
+def prompt_thinking(args, model_name: str) -> bool:
+    """--thinking for one model: on, off, or (auto) on for a model trained to think."""
+    return args.thinking == "on" or (args.thinking == "auto" and thinking_model(model_name))
 
 
 def thinking_model(model_name: str) -> bool:

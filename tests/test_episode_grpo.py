@@ -35,12 +35,8 @@ def episode_args(*extra: str):
                             "--max-new-tokens", "24", "--turn-limit", "4", "--temperature", "0.8", *extra])
 
 
-@pytest.fixture(scope="module")
-def rollout():
-    """Two training tasks x G = 3 episodes of the pretrained tiny model (it calls tools, often wrongly: the
-    conversations hold tool outputs and user replies), and the episodes themselves."""
-    args = episode_args()
-    model, tok = load("tiny")
+def roll(model, tok, args) -> tuple:
+    """rollout_episodes on two training tasks, and the episodes themselves."""
     caught = {}
     real = grpo.run_episodes
 
@@ -50,11 +46,20 @@ def rollout():
     grpo.run_episodes = run_and_keep
     try:
         tasks = [t for t in make_tasks(8, split="train") if t.greeting][:2]   # openings that vary with the seed
-        groups = grpo.rollout_episodes(model, tok, tasks, 0,
-                                       torch.Generator().manual_seed(1), args, True)
+        groups = grpo.rollout_episodes(model, tok, tasks, 0, torch.Generator().manual_seed(1), args, True)
     finally:
         grpo.run_episodes = real
-    return model, tok, args, groups, caught["episodes"]
+    return groups, caught["episodes"]
+
+
+@pytest.fixture(scope="module")
+def rollout():
+    """Two training tasks x G = 3 episodes of the pretrained tiny model (it calls tools, often wrongly: the
+    conversations hold tool outputs and user replies), and the episodes themselves."""
+    args = episode_args()
+    model, tok = load("tiny")
+    groups, episodes = roll(model, tok, args)
+    return model, tok, args, groups, episodes
 
 
 def test_each_turn_row_is_the_prompt_the_template_renders_at_that_turn_and_the_text_the_agent_said(rollout):
@@ -119,7 +124,8 @@ def test_the_update_scores_every_episode_turn_as_the_sampler_did(rollout, share)
             assert any(torch.allclose(scored[i, :n], lp, atol=1e-4) and float(b.advantages[i]) == k + 1
                        for lp, k in match)
             seen += 1
-    assert seen == len(length) == batch.n_sequences
+    assert seen == len(length)
+    assert batch.n_sequences == len(groups.scores)   # --episode-weight episode: an episode is one sequence
     assert batch.n_tokens == int(groups.gen.completion_mask.sum())
 
 
@@ -171,3 +177,144 @@ def test_episode_step_on_the_real_model_path_under_lora(tmp_path, qwen_random_di
     record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert record["agent_turns"] <= 2 and record["new_tokens"] > 0 and record["grad_norm"] > 0
     load(str(out))
+
+
+# ----------------------------------------------------------------------------------------------
+# How much an episode weighs in the loss (--episode-weight; grpo.aggregate_loss, grpo.loss_sequences)
+# ----------------------------------------------------------------------------------------------
+def episode_rows(split: bool) -> list[tuple[int, list[int], list[int]]]:
+    """Two tasks x G = 2 episodes, a row per agent turn: (episode, prompt, completion). Episode 0 writes the tokens
+    21..26 in one turn, or (split) in three turns of two, each turn's prompt the one before it and its completion, so
+    each token is predicted from the same context either way. Episodes 1-3 are the same in both: 3, 1 + 4 and
+    2 + 1 + 5 tokens (90-92 are tool outputs, prompt tokens). Episode 0 has 6 tokens, the step 22."""
+    o, p = [5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15]
+    first = [(0, o, [21, 22]), (0, o + [21, 22], [23, 24]), (0, o + [21, 22, 23, 24], [25, 26])] if split \
+        else [(0, o, [21, 22, 23, 24, 25, 26])]
+    return first + [(1, o, [31, 32, 33]),
+                    (2, p, [41]), (2, p + [41, 90], [42, 43, 44, 45]),
+                    (3, p, [51, 52]), (3, p + [51, 52, 91], [53]), (3, p + [51, 52, 91, 53, 92], [54, 55, 56, 57, 58])]
+
+
+ADVANTAGES = torch.tensor([1.0, -0.5, 0.25, 1.5])   # of episodes 0-3
+
+
+def episode_groups(split: bool, pad_id: int) -> grpo.Groups:
+    from sampling import Generation, left_pad
+    rows = episode_rows(split)
+    prompt_ids, prompt_mask = left_pad([p for _, p, _ in rows], pad_id)
+    width = max(len(c) for _, _, c in rows)
+    completion_ids = torch.tensor([c + [pad_id] * (width - len(c)) for _, _, c in rows])
+    completion_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for _, _, c in rows])
+    gen = Generation(prompt_ids, prompt_mask, completion_ids, completion_mask, torch.zeros(len(rows), dtype=torch.bool))
+    return grpo.Groups(["task 0", "task 1"], gen, [], torch.ones(2, dtype=torch.bool), 2,
+                       torch.tensor([e for e, _, _ in rows]), "episode")
+
+
+class RecordingSGD(torch.optim.SGD):
+    """Keeps the gradient of its step (policy_update clears it after the step)."""
+    def step(self, closure=None):
+        self.gradient = torch.cat([p.grad.flatten() for p in self.param_groups[0]["params"]])
+
+
+def loss_and_gradient(split: bool, mode: str, weight: str, micro_batch: int) -> tuple[float, torch.Tensor]:
+    """One update (policy_update) on episode_groups: beta = 0, one iteration (ratio 1), so each token's loss is -A of
+    its episode, and the loss -sum_e A_e W_e, W_e the episode's weight. The gradient is before clipping."""
+    args = grpo.parse_args(["--model", "tiny-random", "--episodes", "8", "--prompts-per-step", "2", "--group-size",
+                            "2", "--max-new-tokens", "6", "--turn-limit", "3", "--beta", "0", "--loss-agg", mode,
+                            "--micro-batch", str(micro_batch), "--max-grad-norm", "1e9"])
+    args.episode_weight = weight
+    model, tok = load("tiny-random")
+    params = list(model.parameters())
+    optimizer = RecordingSGD(params, lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    batch = grpo.training_batch(episode_groups(split, tok.pad_token_id), ADVANTAGES, args, tok.pad_token_id, "cpu")
+    update = grpo.policy_update(model, optimizer, scheduler, params, batch, [None] * len(batch.micro),
+                                [None] * len(batch.micro), args)
+    return update.loss, optimizer.gradient
+
+
+@pytest.mark.parametrize("mode", ["grpo", "dapo", "dr_grpo"])
+def test_an_episode_weighs_the_same_whether_its_tokens_took_one_turn_or_three(mode):
+    """--episode-weight episode: episode 0's six tokens in one turn, or in three turns that land in three
+    micro-batches, give the same loss and the same gradient, up to the float rounding of other packed rows (the
+    largest difference is 1.5e-6 of the largest entry; under `turn`, 0.2-0.3 for grpo and dr_grpo)."""
+    one, one_grad = loss_and_gradient(False, mode, "episode", 32)
+    three, three_grad = loss_and_gradient(True, mode, "episode", 1)
+    assert one_grad.abs().max() > 0
+    assert three == pytest.approx(one, rel=1e-6)
+    assert (three_grad - one_grad).abs().max() < 1e-5 * one_grad.abs().max()
+
+
+# Derived by hand. Tokens per episode T = (6, 3, 5, 8), 22 in all; N = 4 episodes, rows 9 (split) or 7; L = 6 new
+# tokens a turn, 3 turns an episode. Each token's loss is -A_e (ratio 1, no KL), so sum_tokens l = -sum_e T_e A_e
+# = -(6 - 1.5 + 1.25 + 12) = -17.75, and per row -n_r A_e.
+#   episode  grpo     -(1/N) sum_e A_e                    = -(1 - 0.5 + 0.25 + 1.5) / 4       = -0.5625
+#            dapo     -sum_e T_e A_e / sum_e T_e          = -17.75 / 22
+#            dr_grpo  -sum_e T_e A_e / (N x 3 x 6)        = -17.75 / 72
+#   turn     grpo     -(1/rows) sum_r A_e(r)              = -(3 - 0.5 + 2 x 0.25 + 3 x 1.5) / 9 = -7.5 / 9
+#            dapo     as episode                          = -17.75 / 22
+#            dr_grpo  -sum_e T_e A_e / (rows x 6)         = -17.75 / 54
+BY_HAND = {("episode", "grpo"): -0.5625, ("episode", "dapo"): -17.75 / 22, ("episode", "dr_grpo"): -17.75 / 72,
+           ("turn", "grpo"): -7.5 / 9, ("turn", "dapo"): -17.75 / 22, ("turn", "dr_grpo"): -17.75 / 54}
+
+
+@pytest.mark.parametrize("weight, mode", list(BY_HAND))
+def test_the_loss_of_episode_rows_by_hand(weight, mode):
+    """Each aggregation's loss on episode_groups (split), as derived above; `turn` is the weighting before
+    --episode-weight (a row per turn, N = rows), kept for comparison."""
+    loss, _ = loss_and_gradient(True, mode, weight, 32)
+    assert loss == pytest.approx(BY_HAND[weight, mode], rel=1e-6)
+
+
+def test_aggregate_loss_of_episode_rows_by_hand():
+    """Per-token losses that differ within an episode: rows 0 and 1 are the turns of episode a (|o_a| = 3 + 1
+    tokens, their losses sum to 10), row 2 episode b (|o_b| = 2, sum 14); N = 2, 6 tokens, L = 2 turns x 3 = 6.
+        grpo     (10/4 + 14/2) / 2 = 4.75      (episode a's token mean 10/4, not the mean 3 of its turns' 2 and 4)
+        dapo     24 / 6 = 4
+        dr_grpo  24 / (2 x 6) = 2
+    and the rows' parts in separate micro-batches sum to the whole."""
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0], [6.0, 8.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    lengths = torch.tensor([4.0, 4.0, 2.0])
+    for mode, want in (("grpo", 4.75), ("dapo", 4.0), ("dr_grpo", 2.0)):
+        assert grpo.aggregate_loss(per_token, mask, mode, 2, 6, 6, lengths).item() == pytest.approx(want)
+        parts = sum(grpo.aggregate_loss(per_token[i:i + 1], mask[i:i + 1], mode, 2, 6, 6, lengths[i:i + 1])
+                    for i in range(3))
+        assert parts.item() == pytest.approx(want)
+
+
+def test_two_ranks_weigh_episodes_as_one_process(tmp_path):
+    """--loss-agg grpo, where a row's weight is its episode's length: computed from the whole step's episodes before
+    the rows are split over two gloo ranks and over micro-batches of one turn, the step is one process's
+    (tests/test_parallel.py's tolerances)."""
+    from test_parallel import check, run
+    lr = 1e-4
+    common = ["grpo.py", "--model", "tiny", "--episodes", "8", "--steps", "1", "--group-size", "2",
+              "--max-new-tokens", "12", "--turn-limit", "3", "--lr", str(lr), "--warmup", "1", "--keep-zero-variance",
+              "--w-episode-format", "1", "--seed", "3", "--loss-agg", "grpo", "--micro-batch", "1"]
+    run(common + ["--prompts-per-step", "4", "--out", str(tmp_path / "one")], 1, 0)
+    run(common + ["--prompts-per-step", "4", "--out", str(tmp_path / "two")], 2, 29641)
+    run(common + ["--prompts-per-step", "2", "--out", str(tmp_path / "half")], 1, 0)
+    check(tmp_path / "one", tmp_path / "two", tmp_path / "half", lr)
+
+
+# ----------------------------------------------------------------------------------------------
+# --max-prompt-len bounds an episode's contexts
+# ----------------------------------------------------------------------------------------------
+def test_an_episode_ends_before_a_turn_whose_prompt_would_pass_max_prompt_len():
+    """The openings are ~60 tiny tokens and a turn adds ~40: under a bound of 120 every row's prompt fits, and an
+    episode whose next prompt would not fit ended there, as at the turn limit."""
+    args = episode_args("--max-prompt-len", "120")
+    model, tok = load("tiny")
+    groups, episodes = roll(model, tok, args)
+    assert int(groups.gen.prompt_mask.sum(1).max()) <= 120
+    cut = [e for e in episodes if e.agent_turns < args.turn_limit and e.ended_by == "turn limit"]
+    assert cut   # not vacuous
+    assert all(len(prompt_ids(tok, e.context(), True)) > 120 for e in cut)
+    assert [s.ended_by for s in groups.scores] == [e.ended_by for e in episodes]
+
+
+def test_an_opening_longer_than_max_prompt_len_is_refused():
+    from data import DataError
+    with pytest.raises(DataError, match="--max-prompt-len"):
+        roll(*load("tiny"), episode_args("--max-prompt-len", "20"))

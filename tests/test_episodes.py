@@ -1,5 +1,6 @@
 """Episodes: the scripted user, the episode loop on the agent's own actions, and tau-bench's metrics."""
 
+import dataclasses
 import json
 import random
 
@@ -159,3 +160,99 @@ def test_keeping_each_episodes_cache_between_turns_changes_no_completion(tmp_pat
     assert transcripts["on"] == transcripts["off"] and transcripts["on row"] == transcripts["off row"]
     assert transcripts["on"].count("=== task") == 3
     assert sum(n > 50 for n in reused) >= 6   # turns 2 and 3 of the 6 episodes reused their conversation so far
+
+
+CANNED = "Your order is pending, processed, delivered, cancelled or return requested."
+
+
+def trivial_agents() -> dict:
+    """Agents that do nothing useful: each must fail (nearly) every held-out task."""
+    def every_turn(text):
+        return lambda active: [text] * len(active)
+    return {"canned statuses": every_turn(CANNED), "refusal": every_turn("I'm sorry, I can't help with that."),
+            "done": every_turn("Done."), "echo": lambda active: [a.messages[-1]["content"] for a in active]}
+
+
+@pytest.mark.parametrize("name", list(trivial_agents()))
+def test_an_agent_that_does_nothing_useful_passes_at_most_2_percent_of_held_out_tasks(name):
+    tasks = make_tasks(200)
+    row = score(run_episodes(trivial_agents()[name], tasks, 1, turn_limit=12), trials=1)
+    assert row["task_success"] <= 0.02, (name, row["task_success"])
+
+
+def test_naming_every_status_after_the_right_tool_calls_tells_the_user_nothing():
+    """The gold agent's tool calls, then one sentence naming all five statuses in place of each answer: the status it
+    should report is in the sentence, and so are four that contradict it."""
+    tasks = [t for t in make_tasks(200) if {r.flow for r in t.requests} <= {"status", "two orders"}]
+    def calls_then_canned(active):
+        moves = [episodes.gold_moves(e.task) for e in active]
+        moves = [m[min(e.agent_turns, len(m) - 1)] for e, m in zip(active, moves)]   # the user waits for the values
+        return [m if m.startswith("<tool_call>") else CANNED for m in moves]
+    eps = run_episodes(calls_then_canned, tasks, 1, turn_limit=12)
+    assert len(tasks) >= 20 and all(e.tool_errors == 0 for e in eps)
+    assert score(eps, 1)["task_success"] == 0.0
+
+
+def test_values_the_agent_never_read_from_a_tool_do_not_count():
+    """An agent that says the gold answers without making any tool call: on read-only tasks the end state is right
+    and the user hears the right values, but the agent never obtained them -- as if it had guessed."""
+    tasks = [t for t in make_tasks(200) if not changes_db(t)]
+    def says_without_reading(active):
+        moves = [[m for m in episodes.gold_moves(e.task) if not m.startswith("<tool_call>")] for e in active]
+        return [m[min(e.agent_turns, len(m) - 1)] for e, m in zip(active, moves)]
+    eps = run_episodes(says_without_reading, tasks, 1, turn_limit=12)
+    assert all(e.ended_by == "user" for e in eps)          # the user heard every value it asked for
+    assert score(eps, 1)["task_success"] == 0.0
+
+
+def test_a_tasks_file_plays_on_its_own_database_whatever_the_runs_seed(tmp_path):
+    """Tasks written with --seed 1 and run as eval.py runs them (its --seed 0): the world is the file's, so the
+    gold agent's calls find their orders and users (0 tool errors) and every task succeeds."""
+    path = str(tmp_path / "tasks.json")
+    assert episodes.main(["tasks", "--n", "30", "--seed", "1", "--out", path]) == 0
+    tasks = episodes.load_tasks(path, 0)
+    assert tasks == make_tasks(30, seed=1) and tasks != make_tasks(30, seed=0)
+    row = score(run_episodes(gold_agent, tasks, 1, turn_limit=12), 1)
+    assert row["tool_errors"] == 0 and row["task_success"] == 1.0
+
+
+def test_a_tasks_file_without_its_world_seed_is_refused_naming_the_record_and_field(tmp_path):
+    records = [dataclasses.asdict(t) for t in make_tasks(2)]
+    del records[1]["world_seed"]
+    (tmp_path / "old.json").write_text(json.dumps(records))
+    with pytest.raises(episodes.DataError, match=r"old.json: record 1: .*'world_seed'"):
+        episodes.load_tasks(str(tmp_path / "old.json"))
+
+
+def play(task, moves: list[str]):
+    [e] = run_episodes(lambda active: [moves[min(a.agent_turns, len(moves) - 1)] for a in active], [task], 1,
+                       turn_limit=len(moves) + 1)
+    return e
+
+
+def tool_call(name: str, **arguments) -> str:
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
+
+
+def test_a_status_said_before_a_write_it_then_made_does_not_contradict_the_result():
+    """Check, say what it is and ask to go ahead, cancel on the user's yes, say the result: the first answer named
+    'pending', the last 'cancelled', and the write in between made the first one out of date, not a contradiction."""
+    task = next(t for t in make_tasks(200) if len(t.requests) == 1 and t.requests[0].flow == "cancel"
+                and t.requests[0].report == ["cancelled"])
+    order, reason = task.requests[0].details["order_id"], task.requests[0].details["reason"]
+    e = play(task, ["Hello! How can I help you today?"] * task.greeting + [
+        tool_call("get_order_details", order_id=order),
+        f"Your order {order} is pending. Do you want me to cancel it?",
+        tool_call("cancel_pending_order", order_id=order, reason=reason),
+        f"Your order {order} has been cancelled."])
+    assert ("user", "Yes, please.") in e.events
+    assert e.ended_by == "user" and score([e], 1)["task_success"] == 1.0
+
+
+def test_a_value_on_its_own_line_before_a_question_is_told():
+    task = next(t for t in make_tasks(200) if len(t.requests) == 1 and t.requests[0].flow == "status"
+                and not t.requests[0].withheld)
+    order, [status] = task.requests[0].details["order_id"], task.requests[0].report
+    e = play(task, ["Hello! How can I help you today?"] * task.greeting + [
+        tool_call("get_order_details", order_id=order), f"Status: {status}\nAnything else I can help with?"])
+    assert e.ended_by == "user" and score([e], 1)["task_success"] == 1.0

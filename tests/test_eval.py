@@ -126,6 +126,39 @@ def test_resume_keeps_the_rows_already_written_and_evaluates_the_rest(tmp_path, 
     assert "row 'a' has turns 3, this command 2" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, first, then, message", [
+    ("--max-new-tokens", "4", "5", "max_new_tokens 4, this command 5"),
+    ("--precision", "fp32", "bf16", "precision 'fp32', this command 'bf16'"),
+    ("--thinking", "off", "on", "thinking False, this command True"),
+    ("--model", "tiny-random", "tiny", "model 'tiny-random', this command 'tiny'"),   # another model, the same name
+])
+def test_resume_refuses_a_row_made_under_other_settings(tmp_path, demo_dir, capsys, flag, first, then, message):
+    """Each of these changes the row's completions (or is another model): --resume keeps a row only if made under
+    the same, and otherwise names the setting."""
+    out = tmp_path / "results.json"
+    common = ["--name", "a", "--data", str(demo_dir / "retail_test.json"), "--limit", "2", "--out", str(out)]
+    defaults = {"--max-new-tokens": "4", "--precision": "fp32", "--thinking": "off", "--model": "tiny-random"}
+    made = [x for f, v in {**defaults, flag: first}.items() for x in (f, v)]
+    assert evaluation.main(made + common) == 0
+    written = out.read_text()
+    capsys.readouterr()
+    changed = [x for f, v in {**defaults, flag: then}.items() for x in (f, v)]
+    assert evaluation.main(changed + common + ["--resume"]) == 2
+    assert f"row 'a' has {message}; remove the file or drop --resume" in capsys.readouterr().err
+    assert out.read_text() == written
+    assert evaluation.main(made + common + ["--resume"]) == 0   # the same settings: the row is kept
+    assert out.read_text() == written
+
+
+def test_resume_refuses_an_episode_row_made_with_another_completion_budget(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    common = ["--model", "tiny-random", "--name", "a", "--episodes", "1", "--trials", "1", "--out", str(out)]
+    assert evaluation.main(common + ["--max-new-tokens", "4"]) == 0
+    capsys.readouterr()
+    assert evaluation.main(common + ["--max-new-tokens", "5", "--resume"]) == 2
+    assert "row 'a' has max_new_tokens 4, this command 5" in capsys.readouterr().err
+
+
 def test_the_out_file_keeps_each_completion_and_show_puts_the_models_side_by_side(tmp_path, demo_dir, capsys):
     """--out keeps every held-out turn's decoded completion, which re-scored gives that turn's stored verdict; --show 2
     prints the first two turns' reference actions (from the data file) and both models' completions."""

@@ -44,3 +44,51 @@ def test_experiment_table_and_resume(tmp_path, demo_dir, capsys):
     capsys.readouterr()
     assert experiment.main(argv) == 0                       # resumed: nothing trains again
     assert "python grpo.py" not in capsys.readouterr().out and model.stat().st_mtime_ns == stamp
+    # the same --out with another GRPO flag: its runs were trained by another command, refused rather than reused
+    assert experiment.main(argv[:-1] + ["9"]) == 2
+    assert "trained by `python grpo.py" in capsys.readouterr().err and model.stat().st_mtime_ns == stamp
+
+
+def fake_training(monkeypatch):
+    """experiment.train as a run that saved the seeded tiny-random model, and completions of up to 8 tokens: the
+    evaluations' cache without GRPO's time."""
+    from model import load, save
+
+    def train(run_dir, args, flags, seed):
+        if not (run_dir / "model.safetensors").exists():
+            save(*load("tiny-random"), run_dir)
+    monkeypatch.setattr(experiment, "train", train)
+    monkeypatch.setattr(experiment, "scale_settings", lambda model_dir: {"batch_size": 64, "max_new_tokens": 8})
+
+
+def test_an_evaluation_made_without_episodes_is_not_reused_with_them(tmp_path, demo_dir, monkeypatch, capsys):
+    fake_training(monkeypatch)
+    out = tmp_path / "x"
+    argv = ["--model", "tiny-random", "--eval-data", str(demo_dir / "retail_test.json"), "--limit", "2",
+            "--out", str(out), "--seeds", "0", "--configs", "paper"]
+    assert experiment.main(argv) == 0
+    assert experiment.main(argv + ["--episodes", "2", "--trials", "1"]) == 0
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert rows["start"]["seeds"] == 1 and len(rows["start"]["episode"]) == 3   # mean and its 95% interval
+    assert "start.json: made with episodes 0, this command episodes 2; evaluating it again" in capsys.readouterr().err
+
+
+def test_an_evaluation_of_other_turns_is_made_again_and_the_same_one_reused(tmp_path, demo_dir, monkeypatch,
+                                                                            capsys):
+    fake_training(monkeypatch)
+    common = ["--model", "tiny-random", "--eval-data", str(demo_dir / "retail_test.json"), "--seeds", "0",
+              "--configs", "paper"]
+    assert experiment.main(common + ["--limit", "4", "--out", str(tmp_path / "fresh")]) == 0   # never cached
+    fresh = json.loads((tmp_path / "fresh" / "table.json").read_text())["rows"]
+    out = tmp_path / "x"
+    assert experiment.main(common + ["--limit", "2", "--out", str(out)]) == 0
+    assert experiment.main(common + ["--limit", "4", "--out", str(out)]) == 0
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    for name in ("start", "paper"):
+        assert len(json.loads((out / ("start.json" if name == "start" else "paper/seed0/eval.json")).read_text())
+                   ["turn_success"]) == 4
+        assert rows[name]["turn_success"] == fresh[name]["turn_success"]
+    assert "eval.json: made with limit 2, this command limit 4; evaluating it again" in capsys.readouterr().err
+    stamp = (out / "start.json").stat().st_mtime_ns
+    assert experiment.main(common + ["--limit", "4", "--out", str(out)]) == 0   # the same settings: reused
+    assert (out / "start.json").stat().st_mtime_ns == stamp and "again" not in capsys.readouterr().err

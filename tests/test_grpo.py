@@ -52,12 +52,14 @@ def test_kl_term_is_added_with_beta():
 def test_aggregations_on_a_ragged_mask():
     per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    assert aggregate_loss(per_token, mask, "grpo", 2, 4, 3).item() == pytest.approx((6 / 3 + 4 / 1) / 2)
-    assert aggregate_loss(per_token, mask, "dapo", 2, 4, 3).item() == pytest.approx(10 / 4)
-    assert aggregate_loss(per_token, mask, "dr_grpo", 2, 4, 3).item() == pytest.approx(10 / (2 * 3))
+    lengths = mask.sum(-1)   # each row a sequence of its own
+    assert aggregate_loss(per_token, mask, "grpo", 2, 4, 3, lengths).item() == pytest.approx((6 / 3 + 4 / 1) / 2)
+    assert aggregate_loss(per_token, mask, "dapo", 2, 4, 3, lengths).item() == pytest.approx(10 / 4)
+    assert aggregate_loss(per_token, mask, "dr_grpo", 2, 4, 3, lengths).item() == pytest.approx(10 / (2 * 3))
     for mode in ("grpo", "dapo", "dr_grpo"):  # micro-batches sum to the whole batch
-        parts = sum(aggregate_loss(per_token[i:i + 1], mask[i:i + 1], mode, 2, 4, 3) for i in range(2))
-        assert parts.item() == pytest.approx(aggregate_loss(per_token, mask, mode, 2, 4, 3).item())
+        parts = sum(aggregate_loss(per_token[i:i + 1], mask[i:i + 1], mode, 2, 4, 3, lengths[i:i + 1])
+                    for i in range(2))
+        assert parts.item() == pytest.approx(aggregate_loss(per_token, mask, mode, 2, 4, 3, lengths).item())
 
 
 def batch(tok):
@@ -97,10 +99,10 @@ def test_one_iteration_gradient_is_policy_gradient(mode):
 
     def clipped(logp):
         per_token, _, _ = clipped_policy_loss(logp, logp.detach(), None, adv, 0.0, 0.2, 0.28)
-        return aggregate_loss(per_token, mask, mode, n_seq, n_tok, 4)
+        return aggregate_loss(per_token, mask, mode, n_seq, n_tok, 4, b.lengths)
 
     def reinforce(logp):
-        return aggregate_loss(-adv[:, None] * logp, mask, mode, n_seq, n_tok, 4)
+        return aggregate_loss(-adv[:, None] * logp, mask, mode, n_seq, n_tok, 4, b.lengths)
     g1, g2 = grads(clipped), grads(reinforce)
     assert any(g.abs().sum() > 0 for g in g1)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2))
@@ -236,7 +238,7 @@ def test_micro_batches_give_the_padded_batch_loss_and_gradient(mode, share, tuni
             with autocast(precision, "cpu"):
                 logp = logp_of()
             per_token, _, _ = clipped_policy_loss(logp, logp.detach(), r, a, 0.04, 0.2, 0.28)
-            loss = aggregate_loss(per_token, m, mode, n_seq, n_tok, 8)
+            loss = aggregate_loss(per_token, m, mode, n_seq, n_tok, 8, m.sum(-1))
             loss.backward()
             total += loss.item()
         return total, torch.cat([p.grad.flatten() for p in params])

@@ -1,6 +1,9 @@
 import pytest
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from cli import BadInput
 from model import autocast, load
 from packing import hidden_states, pack, tree_size
 
@@ -20,19 +23,38 @@ def test_the_prefix_tree_holds_each_shared_token_once():
     assert padded.input_ids.shape == (6, 5) and padded.input_ids[3].tolist() == [5, 6, 0, 0, 0]
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])   # eager: what a config.json's attn_implementation may pick
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_each_sequence_of_a_packed_row_computes_what_it_computes_alone(precision):
+def test_each_sequence_of_a_packed_row_computes_what_it_computes_alone(precision, attention):
     model, _ = load("tiny-random")
+    reference, _ = load("tiny-random")   # the same weights (seeded) under the default sdpa: each sequence alone
+    model.set_attn_implementation(attention)
     packed = pack(ROWS, pad_id=0)
     with torch.no_grad(), autocast(precision, "cpu"):
         every_node = torch.arange(packed.input_ids.numel())
         hidden = hidden_states(model, packed, every_node).float()
         sequences = [s for row in ROWS for s in row]
         for k, seq in enumerate(sequences):
-            alone = model.get_decoder()(input_ids=torch.tensor([seq])).last_hidden_state[0].float()
+            alone = reference.get_decoder()(input_ids=torch.tensor([seq])).last_hidden_state[0].float()
             # fp32: the same sums in another order; bf16 rounds each product to 8 bits of mantissa
             tolerance = 1e-5 if precision == "fp32" else 5e-2 * alone.abs().max().item()
-            assert torch.allclose(hidden[packed.nodes[k]], alone, atol=tolerance), (k, precision)
+            assert torch.allclose(hidden[packed.nodes[k]], alone, atol=tolerance), (k, precision, attention)
+
+
+def mask_ignoring_attention(module, query, key, value, attention_mask, **kwargs):
+    """A stand-in for flash attention, which reads no [R, 1, L, L] mask: causal over the whole packed row."""
+    return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+
+@pytest.mark.parametrize("attention", ["mask_ignoring", "flash_attention_2"])
+def test_an_attention_that_cannot_read_the_tree_mask_is_refused_by_name(attention, monkeypatch):
+    # unrefused, the stand-in's sequences after the first of a row would attend to the other branches' tokens
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "mask_ignoring", mask_ignoring_attention)
+    model, _ = load("tiny-random")
+    model.config._attn_implementation = attention   # as a config.json's "attn_implementation" would set it
+    packed = pack(ROWS, pad_id=0)
+    with pytest.raises(BadInput, match=f"attn_implementation '{attention}'.*sdpa"):
+        hidden_states(model, packed, torch.arange(packed.input_ids.numel()))
 
 
 def test_the_gradient_through_shared_nodes_is_the_same_bits_every_time():

@@ -102,7 +102,8 @@ def test_chat_messages_cover_every_role():
 def test_tiny_agent_and_user_smoke(tmp_path, capsys):
     out = tmp_path / "tau2.json"
     assert evaluation.main(["--model", "tiny", "--tau2", "airline", "--user", "tiny", "--limit", "1", "--trials", "2",
-                            "--max-steps", "6", "--max-new-tokens", "8", "--show", "1", "--out", str(out)]) == 0
+                            "--max-steps", "6", "--max-new-tokens", "8", "--user-max-new-tokens", "8", "--show", "1",
+                            "--out", str(out)]) == 0
     row = json.loads(out.read_text())["tiny"]
     assert row["tasks"] == 1 and len(row["simulations"]) == 2 and set(row) >= {"pass^1", "pass^2", "success_ci"}
     for s in row["simulations"]:
@@ -118,3 +119,75 @@ def test_bad_input_exits_2():
     with pytest.raises(SystemExit) as e:
         evaluation.main(["--model", "tiny", "--tau2", "retail"])   # no --user
     assert e.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def real_scale_dir(tmp_path_factory, tiny_tokenizer):
+    """A random Qwen3 just wide enough to count as a real model (hidden TINY_MAX_HIDDEN, so SCALE_DEFAULTS give it
+    1,024 new tokens), one layer: a --user of real scale that loads in a moment."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from model import TINY_MAX_HIDDEN, is_tiny, save
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=len(tiny_tokenizer), hidden_size=TINY_MAX_HIDDEN, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                         tie_word_embeddings=True, eos_token_id=tiny_tokenizer.eos_token_id,
+                         pad_token_id=tiny_tokenizer.pad_token_id)
+    out = save(Qwen3ForCausalLM(config), tiny_tokenizer, tmp_path_factory.mktemp("user") / "real-scale")
+    assert not is_tiny(str(out))
+    return out
+
+
+def recorded_generation(monkeypatch) -> list[dict]:
+    """eval.generate_texts replaced by a recorder: each call's role (a prompt with tools is the agent's), token
+    budget and temperature, answered with a fixed text (no model runs)."""
+    calls = []
+
+    def fake(model, tokenizer, samples, thinking, batch_size, max_new_tokens, precision, progress=False,
+             temperature=0.0, generator=None, prefixes=None):
+        role = "agent" if samples[0].tools else "user"
+        calls.append({"role": role, "max_new_tokens": max_new_tokens, "temperature": temperature})
+        return [("Could you help me?" if role == "user" else "Sure.", False)] * len(samples)
+    monkeypatch.setattr(evaluation, "generate_texts", fake)
+    return calls
+
+
+@pytest.mark.parametrize("flags, user_tokens", [([], 128), (["--user-max-new-tokens", "5"], 5)])
+def test_user_turns_are_bounded_and_greedy(flags, user_tokens, real_scale_dir, monkeypatch):
+    """A --user model writes at most --user-max-new-tokens (128 by default) a message, whatever its scale and the
+    agent's budget, at tau2's user temperature 0; the agent keeps its own budget (tiny: 128) and --temperature."""
+    calls = recorded_generation(monkeypatch)
+    assert evaluation.main(["--model", "tiny", "--tau2", "retail", "--user", str(real_scale_dir), "--limit", "1",
+                            "--trials", "1", "--max-steps", "4", *flags]) == 0
+    assert {c["role"] for c in calls} == {"agent", "user"}
+    assert all(c == {"role": "user", "max_new_tokens": user_tokens, "temperature": 0.0}
+               for c in calls if c["role"] == "user"), calls
+    assert all(c == {"role": "agent", "max_new_tokens": 128, "temperature": 1.0}
+               for c in calls if c["role"] == "agent"), calls
+
+
+def test_show_prints_each_message_as_it_comes(tmp_path, capsys, monkeypatch):
+    """--show: a line per message with its seconds, in the conversation's order, then the verdict."""
+    recorded_generation(monkeypatch)
+    out = tmp_path / "tau2.json"
+    assert evaluation.main(["--model", "tiny", "--tau2", "retail", "--user", "tiny", "--limit", "1", "--trials", "1",
+                            "--max-steps", "4", "--show", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())["tiny"]["simulations"][0]
+    printed = capsys.readouterr().out.splitlines()
+    lines = [line.split(" s ", 1) for line in printed if line.strip().endswith(("Sure.", "Could you help me?",
+                                                                                "How can I help you today?"))]
+    assert [body.split(":", 1) for _, body in lines] == [[f"{m['role']:>9}", f" {m['content']}"]
+                                                          for m in record["messages"]]
+    assert all(float(seconds) >= 0 for seconds, _ in lines)
+    assert any(line.startswith(f"task {record['task_id']}: reward 0.0, ended by max_steps after") for line in printed)
+
+
+def test_run_reports_every_message_in_order():
+    task = tau2bench.tasks("retail", "base")[0]
+    seen = []
+    moves = tau2bench.gold_moves(task)
+    simulation = tau2bench.run("retail", task, lambda env: tau2bench.make_scripted_agent(env, moves),
+                               tau2bench.make_gold_user(), max_steps=200, seed=0,
+                               on_message=lambda m, seconds: seen.append((m.role, m.content, seconds)))
+    assert [(role, content) for role, content, _ in seen] == [(m.role, m.content) for m in simulation.messages]
+    assert seen[0][2] == 0.0 and all(s >= 0 for _, _, s in seen)
