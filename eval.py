@@ -38,7 +38,8 @@ from tqdm import tqdm
 from cli import BadInput, run_cli
 from data import Action, TurnSample, load_turn_samples, prompt_ids, resolve_data, write_json_atomic
 from episodes import load_tasks, run_episodes, score, transcript
-from model import PRECISIONS, autocast, eos_ids, is_tiny, load, resolve_precision, special_tokens, trained_as
+from model import (PRECISIONS, autocast, eos_ids, for_inference, is_tiny, load, resolve_precision, special_tokens,
+                   trained_as)
 from rewards import RewardWeights, action_correct, composite_reward, r_decision, r_format
 from sampling import generate, sampling_noise
 from stats import difference_ci, mean_ci, show
@@ -294,9 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                    "temperature (tau2's user default: 0, greedy); a litellm: user keeps tau2's own settings")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="compute precision (autocast; auto: bf16 on a GPU, fp32 on the CPU)")
+                   help="compute precision (autocast, with bf16 weights under bf16: model.for_inference; auto: bf16 "
+                   "on a GPU, and on a CPU with bf16 hardware for a real model; fp32 otherwise)")
     args = p.parse_args(argv)
-    precision = resolve_precision(args.precision, args.device)
     if args.completions and not args.bfcl:
         p.error("--completions goes with --bfcl")
     gold = bool(args.tau2) and args.agent == "gold"
@@ -315,11 +316,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         if args.episodes:
-            return evaluate_episodes(args, names, precision)
+            return evaluate_episodes(args, names)
         if args.bfcl:
-            return evaluate_bfcl(args, names, precision)
+            return evaluate_bfcl(args, names)
         if args.tau2:
-            return evaluate_tau2(args, names, precision)
+            return evaluate_tau2(args, names)
         samples = load_turn_samples(resolve_data(args.data))[0][:args.limit]
         what = {"data": args.data, "turns": len(samples)}
         rows = kept_rows(args, what)
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             if name in rows:
                 continue
             thinking = prompt_thinking(args, model_name)
-            model, tokenizer = load(model_name, device=args.device)
+            model, tokenizer, precision = load_for_eval(model_name, args)
             t0 = time.perf_counter()
             settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
             weights = RewardWeights.of_run(trained_as(model_name), real_model=not is_tiny(model_name))
@@ -364,7 +365,15 @@ def row_settings(args, model_name: str) -> dict:
     size and device are left out: they change how the completions are computed, not what (up to float rounding)."""
     return {"model": model_name, "thinking": prompt_thinking(args, model_name),
             "max_new_tokens": scale_settings(model_name, None, args.max_new_tokens)["max_new_tokens"],
-            "precision": resolve_precision(args.precision, args.device)}
+            "precision": resolve_precision(args.precision, args.device, model_name)}
+
+
+def load_for_eval(model_name: str, args) -> tuple[torch.nn.Module, object, str]:
+    """(model, tokenizer, precision): --model loaded on --device in eval mode, its compute precision resolved for it
+    and its weights stored as that precision computes them (model.for_inference)."""
+    precision = resolve_precision(args.precision, args.device, model_name)
+    model, tokenizer = load(model_name, device=args.device)
+    return for_inference(model.eval(), precision), tokenizer, precision
 
 
 def kept_rows(args, what: dict) -> dict[str, dict]:
@@ -397,7 +406,7 @@ def write_rows(out: str | None, rows: dict) -> None:
         write_json_atomic(Path(out), rows)
 
 
-def evaluate_episodes(args, names: list[str], precision: str) -> None:
+def evaluate_episodes(args, names: list[str]) -> None:
     """The episode table across models (episodes.py), with --show transcripts."""
     tasks = load_tasks(args.episodes, args.seed)
     what = {"episodes": str(args.episodes), "trials": args.trials, "seed": args.seed,
@@ -407,7 +416,7 @@ def evaluate_episodes(args, names: list[str], precision: str) -> None:
         if name in rows:
             continue
         thinking = prompt_thinking(args, model_name)
-        model, tokenizer = load(model_name, device=args.device)
+        model, tokenizer, precision = load_for_eval(model_name, args)
         settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
         reuse = args.episode_cache == "on" or (args.episode_cache == "auto" and is_tiny(model_name))
@@ -450,7 +459,7 @@ def bfcl_completions(model, tokenizer, entries: list[dict], settings: dict, prec
     return {e["id"]: c for e, c in zip(entries, completions)}
 
 
-def evaluate_bfcl(args, names: list[str], precision: str) -> None:
+def evaluate_bfcl(args, names: list[str]) -> None:
     """BFCL's accuracy per category and its summary groups, a row per model (or per --completions file)."""
     import tempfile
 
@@ -464,8 +473,7 @@ def evaluate_bfcl(args, names: list[str], precision: str) -> None:
         if args.completions:
             completions = bfcl.read_completions(args.completions)
         else:
-            model, tokenizer = load(model_name, device=args.device)
-            model.eval()
+            model, tokenizer, precision = load_for_eval(model_name, args)
             settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
         for category in categories:
             if not args.completions:
@@ -516,7 +524,7 @@ def message_progress(bar: tqdm, shown: bool) -> Callable:
     return on_message
 
 
-def evaluate_tau2(args, names: list[str], precision: str) -> None:
+def evaluate_tau2(args, names: list[str]) -> None:
     """tau2-bench's metrics of each model (or of the gold actions), a row each; each conversation's progress by
     message, and with --show its first N tasks' conversations printed as they go."""
     import tau2bench   # its optional package (requirements-tau2.txt) is imported only here
@@ -527,13 +535,13 @@ def evaluate_tau2(args, names: list[str], precision: str) -> None:
     rows = kept_rows(args, what)
     user_model = None   # (model, tokenizer, settings) of a --user model, loaded once for every row
     if args.user and not args.user.startswith("litellm:") and args.agent == "model":
-        user_model = (*load(args.user, device=args.device), {"max_new_tokens": args.user_max_new_tokens})
+        user_model = (*load_for_eval(args.user, args), {"max_new_tokens": args.user_max_new_tokens})
     for name, model_name in zip(names, args.model):
         if name in rows:
             continue
         if args.agent == "model":
             thinking = prompt_thinking(args, model_name)
-            model, tokenizer = load(model_name, device=args.device)
+            model, tokenizer, precision = load_for_eval(model_name, args)
             settings = scale_settings(model_name, args.batch_size, args.max_new_tokens)
             special = special_tokens(tokenizer)
         t0, simulations, records = time.perf_counter(), [], []
@@ -553,9 +561,10 @@ def evaluate_tau2(args, names: list[str], precision: str) -> None:
                         if user_model is None:
                             user = tau2bench.make_user(task, litellm_name=args.user.removeprefix("litellm:"))
                         else:
-                            user_net, user_tok, user_settings = user_model
+                            user_net, user_tok, user_precision, user_settings = user_model
                             user = tau2bench.make_user(task, sampler_responder(
-                                user_net, user_tok, False, user_settings, precision, args.user_temperature, generator))
+                                user_net, user_tok, False, user_settings, user_precision, args.user_temperature,
+                                generator))
                     shown = trial == 0 and i < args.show   # printed as it goes, a line per message
                     if shown:
                         bar.write(f"task {task.id}, trial 0:")

@@ -96,7 +96,7 @@ def made_with(model_dir: str, args) -> dict:
     """What an evaluation's numbers depend on: the model, the held-out turns, the compute precision and the episodes
     (their tasks, trials and sampling). A cached evaluation is reused only if made with the same."""
     flags = {"model": model_dir, "eval_data": args.eval_data, "limit": args.limit, "episodes": args.episodes,
-             "precision": resolve_precision(args.precision, args.device)}
+             "precision": resolve_precision(args.precision, args.device, model_dir)}
     if args.episodes:
         flags.update(trials=args.trials, seed=args.seed)
     return flags

@@ -43,7 +43,8 @@ from data import DataError, TurnSample, action_kind, load_turn_samples, prompt_i
 from episodes import Episode, Task, judged, make_tasks, run_episodes, transcript
 from eval import held_out_evaluator
 from lora import disable_adapters
-from model import autocast, eos_ids, is_tiny, special_tokens, without_dropout
+from model import (autocast, eos_ids, is_tiny, refresh_sampling_copy, sampling_copy, special_tokens,
+                   without_dropout)
 from packing import Packed, hidden_states, pack
 from rewards import COMPONENTS, DESIGNS, THINK_BUDGETS, Reward, RewardWeights, composite_reward, paper_terms
 from runs import (HelpFormatter, Run, add_run_arguments, linear_warmup, load_for_training, optimizer_step,
@@ -178,13 +179,15 @@ def token_logprobs(model, b: "MicroBatch", temperature: float, chunk: int = 1024
 # ----------------------------------------------------------------------------------------------
 def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, samples: list[TurnSample],
               prompts: list[list[int]], generator: torch.Generator, args, thinking: bool, weights: RewardWeights,
-              log_groups: bool = False) -> dict:
+              log_groups: bool = False, sampler=None) -> dict:
     """One GRPO step, the steps of the module docstring in its phases below, on the step's draw of prompts (B of them;
     up to refill_cap x B with --refill). Under torchrun each rank holds whole groups, and the phases that need the
     global batch sum over the ranks (parallel.py). log_groups adds the step's groups, as the rollout log records
-    them, under "groups"."""
+    them, under "groups". sampler: what the rollouts sample from (model.sampling_copy of the policy, refreshed;
+    default the policy itself)."""
     clock = [time.perf_counter()]
-    groups = draw_groups(lambda first: rollout(model, tokenizer, samples, prompts, first, generator, args, thinking,
+    policy = model if sampler is None else sampler
+    groups = draw_groups(lambda first: rollout(policy, tokenizer, samples, prompts, first, generator, args, thinking,
                                                weights), len(samples), args, tokenizer.pad_token_id)   # 1, 2
     return optimise(model, tokenizer, frozen_ref, optimizer, scheduler, params, groups, args, clock, log_groups)
 
@@ -695,11 +698,12 @@ def rollout_episodes(model, tokenizer, tasks: list[Task], first: int, generator:
 
 
 def episode_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, tasks: list[Task],
-                 generator: torch.Generator, args, thinking: bool, log_groups: bool = False) -> dict:
+                 generator: torch.Generator, args, thinking: bool, log_groups: bool = False, sampler=None) -> dict:
     """One GRPO step on whole conversations: phases 1-2 are rollout_episodes (G episodes of each of B tasks, the
     outcome reward), phases 3-6 those of grpo_step, every agent turn of an episode with its episode's advantage."""
     clock = [time.perf_counter()]
-    groups = draw_groups(lambda first: rollout_episodes(model, tokenizer, tasks, first, generator, args, thinking),
+    policy = model if sampler is None else sampler
+    groups = draw_groups(lambda first: rollout_episodes(policy, tokenizer, tasks, first, generator, args, thinking),
                          len(tasks), args, tokenizer.pad_token_id)                                        # 1, 2
     return optimise(model, tokenizer, frozen_ref, optimizer, scheduler, params, groups, args, clock, log_groups)
 
@@ -834,7 +838,9 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup(args.warmup))
     evaluator = held_out_evaluator(args, tokenizer, thinking)
     generator = torch.Generator(device=args.device)
+    sampler = sampling_copy(model, args.precision)   # bf16: a copy with the casts made once (model.for_inference)
     for step in range(run.start(args.steps, model, tokenizer, optimizer, scheduler, evaluator), args.steps):
+        refresh_sampling_copy(sampler, model)   # the policy as this step starts (after a resume too)
         batch_rng = random.Random(args.seed * 1_000_003 + step)   # the batch of step k is fixed: resumable
         generator.manual_seed(args.seed * 1_000_003 + step)
         draw = args.prompts_per_step * (args.refill_cap if args.refill else 1)
@@ -842,10 +848,10 @@ def train(args: argparse.Namespace, stop_after: int | None = None) -> Path | Non
         log_groups = bool(args.log_rollouts) and step % args.log_rollouts == 0                              # draws of B
         if args.episodes:
             record = episode_step(model, tokenizer, frozen_ref, optimizer, scheduler, params,
-                                  [tasks[i] for i in chosen], generator, args, thinking, log_groups)
+                                  [tasks[i] for i in chosen], generator, args, thinking, log_groups, sampler)
         else:
             record = grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, [samples[i] for i in chosen],
-                               [prompts[i] for i in chosen], generator, args, thinking, weights, log_groups)
+                               [prompts[i] for i in chosen], generator, args, thinking, weights, log_groups, sampler)
         if log_groups:
             run.write_rollouts(step + 1, record.pop("groups"))
         if run.end_step(step + 1, record):

@@ -16,6 +16,7 @@ CLI:  python model.py info NAME_OR_DIR
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ import torch  # noqa: E402  (after the MKL settings: they must precede MKL's fir
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
 from cli import BadInput, run_cli
+from lora import LoRALinear, merge_lora
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TOKENIZER_DIR = ASSETS / "tokenizer"
@@ -92,16 +94,43 @@ def trained_as(name_or_dir: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Precision: weights are stored in fp32; bf16 is a compute precision (autocast), never a storage one
+# Precision: weights are trained in fp32; bf16 is a compute precision (autocast), and the storage of a sampling copy
 # ----------------------------------------------------------------------------------------------
 PRECISIONS = ("auto", "bf16", "fp32")
+# CPU flags of a bf16 matrix unit: AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake and later), AMX-BF16 (Intel
+# Sapphire Rapids and later). Measured on an AMD EPYC: a bf16 GEMM at 371 GFLOPS against 171 in fp32 (docs/scaling.md).
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """auto -> bf16 compute on a GPU, fp32 on the CPU; bf16 and fp32 as given (bf16 runs on the CPU too)."""
-    if precision == "auto":
-        return "bf16" if torch.device(device).type == "cuda" else "fp32"
-    return precision
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+                          []))
+
+
+def bf16_native(device: str | torch.device) -> bool:
+    """Whether the device multiplies bf16 matrices in hardware: a GPU that supports bf16, or a CPU with a
+    CPU_BF16_FLAGS flag."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(CPU_BF16_FLAGS & cpu_flags())
+
+
+def resolve_precision(precision: str, device: str | torch.device, model: str = "") -> str:
+    """auto -> bf16 where it pays: on a GPU, and on a CPU that computes bf16 natively (bf16_native) for a real model;
+    fp32 otherwise (a CPU without bf16 hardware emulates it, slower than fp32; the tiny model's 192-wide matmuls gain
+    nothing measurable from it, docs/scaling.md, and its committed tables are fp32). bf16 and fp32 as given."""
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if bf16_native(device) and not is_tiny(model) else "fp32"
 
 
 def autocast(precision: str, device: str | torch.device):
@@ -113,6 +142,51 @@ def autocast(precision: str, device: str | torch.device):
     """
     device = torch.device(device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def for_inference(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The model as autocast computes it, with autocast's weight casts made once: under "bf16" every nn.Linear's
+    weight (the LM head untied from the embedding) stored in bf16, in place; embeddings and norms stay fp32, so run
+    under autocast(precision) it computes what the fp32 model computes under autocast, without casting 135 M to 1.7 B
+    weights again at every decoding step. Under "fp32", the model unchanged. For sampling and evaluation only: a
+    model to train keeps fp32 weights (autocast)."""
+    if precision != "bf16":
+        return model
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is model.get_input_embeddings().weight:
+        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+        model.config.tie_word_embeddings = False   # a save of this copy would otherwise re-tie the head
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.to(torch.bfloat16)
+    return model.requires_grad_(False)
+
+
+def sampling_copy(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """What a training run's rollouts sample from. fp32: the policy itself. bf16: a copy with each LoRA adapter merged
+    into its base weight, through for_inference (half the policy's fp32 bytes); refresh_sampling_copy before each
+    rollout keeps it the policy being trained."""
+    if precision != "bf16":
+        return model
+    return for_inference(merge_lora(copy.deepcopy(model)), precision).eval()
+
+
+def refresh_sampling_copy(sampler: torch.nn.Module, model: torch.nn.Module) -> None:
+    """sampler <- the policy's current weights, W + (alpha / r) B A for a LoRA layer (lora.merged_weight, in fp32),
+    each cast to the sampler's own dtype (the cast autocast makes). Nothing to do when the sampler is the policy."""
+    if sampler is model:
+        return
+    source = dict(model.named_modules())
+    with torch.no_grad():
+        for name, module in sampler.named_modules():
+            original = source[name]
+            if isinstance(original, LoRALinear):   # merged in the copy
+                module.weight.copy_(original.merged_weight())
+                if module.bias is not None:
+                    module.bias.copy_(original.base.bias)
+                continue
+            for key, param in module.named_parameters(recurse=False):
+                param.copy_(getattr(original, key))
 
 
 def eos_ids(model, tokenizer) -> list[int]:

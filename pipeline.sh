@@ -5,7 +5,7 @@
 #
 #   bash pipeline.sh                                            the offline tiny default on the demo world
 #   MODEL=smollm2-135m bash pipeline.sh                         a real pretrained model (SmolLM2-135M-Instruct), offline,
-#       on the demo world, sized for 2 CPU cores (the sizes below, printed at start; 1.7-1.9 h to the turn table)
+#       on the demo world, sized for 2 CPU cores (the sizes below, printed at start; times in docs/scaling.md)
 #   RESUME=1 bash pipeline.sh                                   continue an interrupted run (same MODEL and OUT): finished
 #       stages are kept, a training stage that has a checkpoint continues from it (--resume), done evaluations kept
 #   MODEL=models/Qwen3-1.7B DATA=apigen-mt_5k.json bash pipeline.sh     the paper's setting, nothing written by hand:
@@ -49,15 +49,14 @@ else                          # the demo world: retail train / held-out / cold s
     TRAIN=$DEMO/retail_train.json COLD=$DEMO/retail_cold_start.json TEST=$DEMO/retail_test.json
     # every stage bounded by steps or epochs, never by wall time: the same seed and thread count give the same table
     if [ "$MODEL" = smollm2-135m ]; then
-        # The CPU run of a real model, all its sizes here (measured on 2 cores, seed 0; AMD EPYC, 4,096-token SFT
-        # rows / Intel Xeon, 512): base SFT 80 steps x 8 samples (1,328 s / 2,058 s), cold start 2 epochs of 96 +
-        # 96 replayed samples (1,700 s / 2,487 s; micro-batches of 2: 8 samples of 8 conversations in one
-        # micro-batch took 24 GB and were killed), GRPO 20 steps (1,770 s / 1,734 s),
-        # 128 new tokens (the demo's actions and traces fit; 1,024 is the real-model default), 150 held-out turns
-        # (1,281 s for the four models), 20 episode tasks x 4 trials (each episode's KV cache kept: real prompts
-        # are ~1,100 tokens; not yet run to the end: vanilla's first 4 of 80 episodes took 11.5 minutes).
+        # The CPU run of a real model, all its sizes here (2 cores, seed 0; bf16 where the CPU has it, else fp32:
+        # model.resolve_precision): base SFT 80 steps x 8 samples, cold start 2 epochs of 96 + 96 replayed samples in
+        # micro-batches of 8 (a micro-batch's activations grow with its tokens: 6.9 GB peak in bf16, 11.5 GB in
+        # fp32), GRPO 20 steps, 128 new tokens (the demo's actions and traces fit; 1,024 is the real-model default),
+        # 150 held-out turns, 20 episode tasks x 4 trials (each episode's KV cache kept: real prompts are ~1,100
+        # tokens). Stage times: docs/scaling.md.
         SFT_FLAGS=${SFT_FLAGS-"--max-steps 80 --batch-size 8 --grad-accum 1 --save-every 5"}
-        COLD_FLAGS=${COLD_FLAGS-"--epochs 2 --replay-ratio 1 --batch-size 2 --grad-accum 4 --warmup 5 --save-every 10"}
+        COLD_FLAGS=${COLD_FLAGS-"--epochs 2 --replay-ratio 1 --batch-size 8 --grad-accum 1 --warmup 5 --save-every 10"}
         GRPO_FLAGS=${GRPO_FLAGS-"--steps 20 --prompts-per-step 4 --group-size 4 --max-new-tokens 128 --save-every 5"}
         EVAL_FLAGS=${EVAL_FLAGS-"--limit 150 --max-new-tokens 128"}
         EPISODE_FLAGS=${EPISODE_FLAGS-"--max-new-tokens 128 --episode-cache on"}

@@ -97,7 +97,8 @@ def add_run_arguments(p: argparse.ArgumentParser, out: str, save_every: int) -> 
     advanced = p.add_argument_group("advanced")
     advanced.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     advanced.add_argument("--precision", choices=PRECISIONS, default="auto", help="compute precision of every forward "
-                          "pass (autocast); weights stay fp32 (auto: bf16 on a GPU, fp32 on the CPU)")
+                          "pass (autocast); weights stay fp32 (auto: bf16 on a GPU, and on a CPU with bf16 hardware "
+                          "for a real model; fp32 otherwise)")
     advanced.add_argument("--grad-checkpointing", choices=["auto", "on", "off"], default="auto", help="recompute "
                           "each decoder layer's activations in backward instead of keeping them (auto: on on a GPU)")
     return {"optimisation": opt, "run": run, "advanced": advanced}
@@ -120,13 +121,12 @@ def resolve_defaults(args: argparse.Namespace, table: dict[str, tuple], lr: dict
     filled = scale_defaults(args, table)
     if args.lr is None:
         args.lr = filled["lr"] = lr["lora"] if args.lora_rank else lr["tiny" if is_tiny(args.model) else "full"]
-    args.precision = resolve_precision(args.precision, args.device)
+    args.precision = resolve_precision(args.precision, args.device, args.model)
     if args.grad_checkpointing == "auto":
         args.grad_checkpointing = "on" if torch.device(args.device).type == "cuda" else "off"
-    if filled:
-        scale = "tiny" if is_tiny(args.model) else "real"
-        print(f"defaults for a {scale} model: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
-              + f"; --precision {args.precision}, --grad-checkpointing {args.grad_checkpointing}", file=sys.stderr)
+    scale = "tiny" if is_tiny(args.model) else "real"
+    print(f"defaults for a {scale} model: " + "".join(f"--{k.replace('_', '-')} {v}, " for k, v in filled.items())
+          + f"--precision {args.precision}, --grad-checkpointing {args.grad_checkpointing}", file=sys.stderr)
     return args
 
 

@@ -11,14 +11,21 @@ not on which rows share its batch: a chunked rollout, or the ranks of a distribu
 a share of the groups, sample what one batch would. The KV cache is written in place (PreallocatedLayer), and a
 prompt that starts with a cached Prefix (an episode's next turn) computes only the rest of its prompt; the tokens
 every prompt of a chunk starts with (the system prompt and tools) are computed once for all of them (share_prefix).
+
+Decoding reads each prompt's KV cache once per step for all of its G rows (cascade_attention, as Hydragen, arXiv
+2402.05099, and FlashInfer's cascade attention do): the G rows' queries attend to their prompt's keys together, each
+row attends to its own new tokens alone, and the two softmaxes are merged by their log-sum-exp. A copy of the prompt's
+cache per row would make each step read G copies of it (at 1,000 prompt tokens and G = 16, more bytes than the
+weights of a 135 M model).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 
@@ -165,9 +172,10 @@ def generate(model, prompts: list[list[int]], *, eos_ids: list[int], pad_id: int
 
 def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id: int, group_size: int,
                     max_new_tokens: int, temperature: float, top_p: float, noise: torch.Tensor | None,
-                    prefixes: list[Prefix | None] | None = None, share_prefix: bool = False) -> Generation:
-    """One chunk: each prompt is prefilled once, and its KV cache and next-token logits are shared by its G rows
-    (G times less prefill compute and activation memory than prefilling G copies). With prefixes, row i's cache is
+                    prefixes: list[Prefix | None] | None, share_prefix: bool) -> Generation:
+    """One chunk (generate's arguments): each prompt is prefilled once, and its KV cache and next-token logits are
+    shared by its G rows (G times less prefill compute and activation memory than prefilling G copies; decoding reads
+    the prompt's cache once a step for all G, cascade_attention). With prefixes, row i's cache is
     [padding][its reused prefix][padding][the rest of its prompt], the mask 0 on the padding: positions count real
     tokens only, so each prompt is computed as it would be alone."""
     device = next(model.parameters()).device
@@ -183,8 +191,7 @@ def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id:
     reused_mask = torch.tensor([[0] * (width - n) + [1] * n for n in reused], dtype=torch.long).view(len(prompts), width)
     rest_ids, mask = rest_ids.to(device), torch.cat([reused_mask, rest_mask], 1).to(device)   # mask: the cache's
     eos = torch.tensor(eos_ids, device=device)
-    cache = DynamicCache(config=model.config)
-    cache.layers = [PreallocatedLayer(mask.shape[1] + max_new_tokens) for _ in cache.layers]
+    cache = kv_cache(model, mask.shape[1])
     if width:
         for layer, keys, values in zip(cache.layers, *cached_block(prefixes, reused, width, device)):
             layer.update(keys, values)
@@ -194,25 +201,26 @@ def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id:
     kept = None if not keep else [
         Prefix(p, [layer.keys[i][:, mask[i].bool()] for layer in cache.layers],
                [layer.values[i][:, mask[i].bool()] for layer in cache.layers]) for i, p in enumerate(prompts)]
-    cache.batch_repeat_interleave(group_size)   # row i of the group batch continues prompt i // G
-    mask = mask.repeat_interleave(group_size, 0)
+    prompt_cache = SharedPrompts([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
+                                 mask.bool(), group_size)
+    new_tokens = kv_cache(model, max_new_tokens)   # row i of the group batch continues prompt i // G
     logits, pos = out.logits[:, -1].repeat_interleave(group_size, 0), pos[:, -1:].repeat_interleave(group_size, 0)
     prompt_ids, prompt_mask = (x.to(device).repeat_interleave(group_size, 0) for x in left_pad(prompts, pad_id))
     batch = prompt_ids.shape[0]
     tokens, logprobs, done = [], [], torch.zeros(batch, dtype=torch.bool, device=device)
-    for t in range(max_new_tokens):
-        token = next_token(logits, temperature, top_p, None if noise is None else noise[:, t])
-        token = torch.where(done, torch.full_like(token, pad_id), token)   # finished rows emit padding
-        tokens.append(token)
-        if temperature > 0:   # what the trainer's log-probs of these tokens must reproduce (tests/test_grpo.py)
-            logprobs.append(torch.log_softmax(logits.float() / temperature, -1).gather(-1, token[:, None])[:, 0])
-        done = done | torch.isin(token, eos)
-        if done.all():
-            break
-        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
-        pos = pos + 1
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=pos, cache=cache,
-                       use_cache=True).logits[:, -1]
+    with attention_implementation(model, CASCADE):
+        for t in range(max_new_tokens):
+            token = next_token(logits, temperature, top_p, None if noise is None else noise[:, t])
+            token = torch.where(done, torch.full_like(token, pad_id), token)   # finished rows emit padding
+            tokens.append(token)
+            if temperature > 0:   # what the trainer's log-probs of these tokens must reproduce (tests/test_grpo.py)
+                logprobs.append(torch.log_softmax(logits.float() / temperature, -1).gather(-1, token[:, None])[:, 0])
+            done = done | torch.isin(token, eos)
+            if done.all():
+                break
+            pos = pos + 1
+            logits = model(input_ids=token[:, None], position_ids=pos, cache=new_tokens, use_cache=True,
+                           shared_prompts=prompt_cache).logits[:, -1]
     completion = torch.stack(tokens, dim=1)
     is_eos = torch.isin(completion, eos)
     # 1 through the first EOS: positions whose count of EOS strictly before them is 0
@@ -220,6 +228,81 @@ def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id:
     completion_mask = (eos_before == 0).long()
     sampled_logprobs = torch.stack(logprobs, dim=1) * completion_mask if logprobs else None
     return Generation(prompt_ids, prompt_mask, completion, completion_mask, ~is_eos.any(-1), kept, sampled_logprobs)
+
+
+def kv_cache(model, capacity: int) -> DynamicCache:
+    """An empty KV cache whose layers hold `capacity` tokens, written in place (PreallocatedLayer)."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [PreallocatedLayer(capacity) for _ in cache.layers]
+    return cache
+
+
+# ----------------------------------------------------------------------------------------------
+# Cascade attention: a decoding step reads each prompt's KV cache once for all of its G rows
+# ----------------------------------------------------------------------------------------------
+CASCADE = "tool_grpo_cascade"   # the name under which transformers' attention modules find cascade_attention
+
+
+@dataclass
+class SharedPrompts:
+    """The prompts' KV cache while their rows decode: per layer, keys and values [prompts, kv heads, P, head dim]
+    (left-padded), mask [prompts, P] True on real tokens; rows i * G .. i * G + G - 1 continue prompt i."""
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor
+    group_size: int
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, mask: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """o = softmax(s) v and lse = log sum_j exp(s_j), s = scaling q k^T (masked to -inf where mask is False), over
+    the last two dims: q [..., Q, d], k and v [..., K, d] -> o [..., Q, d] (v's dtype), lse [..., Q, 1] (fp32)."""
+    scores = (q @ k.transpose(-1, -2)).float() * scaling
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    lse = scores.logsumexp(-1, keepdim=True)
+    return (scores - lse).exp().to(v.dtype) @ v, lse
+
+
+def cascade_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                      scaling: float, dropout: float = 0.0, shared_prompts: SharedPrompts | None = None, **kwargs
+                      ) -> tuple[torch.Tensor, None]:
+    """One decoding step's attention for rows that continue shared prompts (transformers' attention-function
+    signature; query [rows, heads, 1, d], key / value: the rows' own new tokens so far [rows, kv heads, t, d]).
+
+    Softmax over a row's keys split in two parts, its prompt's P (p) and its own t (s), is the parts' softmaxes
+    weighted by their share of the total mass:
+        lse = log(exp(lse_p) + exp(lse_s)),   o = exp(lse_p - lse) o_p + exp(lse_s - lse) o_s
+    where (o_x, lse_x) = attend(q, k_x, v_x). The G rows of a prompt (and the heads that share a kv head, GQA) are
+    stacked as G x rep queries against the prompt's keys, so each step reads the prompt's cache once, not G times.
+    """
+    rows, heads, _, dim = query.shape
+    kv = key.shape[1]
+    G, rep = shared_prompts.group_size, heads // kv
+    P = rows // G
+    layer = module.layer_idx
+    stacked = query.reshape(P, G, kv, rep, dim).transpose(1, 2).reshape(P, kv, G * rep, dim)
+    o_p, lse_p = attend(stacked, shared_prompts.keys[layer], shared_prompts.values[layer], scaling,
+                        shared_prompts.mask[:, None, None, :])
+    o_p, lse_p = (x.reshape(P, kv, G, rep, -1).transpose(1, 2).reshape(rows, kv, rep, -1) for x in (o_p, lse_p))
+    o_s, lse_s = attend(query.reshape(rows, kv, rep, dim), key, value, scaling)
+    lse = torch.logaddexp(lse_p, lse_s)
+    out = o_p.float() * (lse_p - lse).exp() + o_s.float() * (lse_s - lse).exp()
+    return out.to(query.dtype).reshape(rows, 1, heads, dim), None
+
+
+AttentionInterface.register(CASCADE, cascade_attention)
+
+
+@contextmanager
+def attention_implementation(model, name: str):
+    """Within the block, the model's attention modules call the attention function registered as `name`."""
+    before = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        yield model
+    finally:
+        model.config._attn_implementation = before
 
 
 def cached_block(prefixes: list[Prefix | None], reused: list[int], width: int, device
@@ -259,11 +342,6 @@ class PreallocatedLayer(DynamicLayer):
         self.length += n
         self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
         return self.keys, self.values
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
-        self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
-        self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
 
 
 def concatenate(parts: list[Generation], pad_id: int) -> Generation:

@@ -185,12 +185,11 @@ def test_the_preallocated_cache_layer_holds_what_transformers_dynamic_layer_hold
     ours, theirs = PreallocatedLayer(capacity=5 + 1 + 1 + 2 + 3), DynamicLayer()
     prompt = torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, 5, 4, generator=g)
     assert all(torch.equal(a, b) for a, b in zip(ours.update(*prompt), theirs.update(*prompt)))
-    ours.batch_repeat_interleave(2), theirs.batch_repeat_interleave(2)   # a group's prompt, for its G = 2 rows
     for n in (1, 1, 2):   # then new tokens, appended
-        k, v = torch.randn(4, 3, n, 4, generator=g), torch.randn(4, 3, n, 4, generator=g)
+        k, v = torch.randn(2, 3, n, 4, generator=g), torch.randn(2, 3, n, 4, generator=g)
         assert all(torch.equal(a, b) for a, b in zip(ours.update(k, v), theirs.update(k, v)))
         assert ours.get_seq_length() == theirs.get_seq_length()
-    assert ours.keys.shape == (4, 3, 9, 4) and torch.equal(ours.keys[1, :, :5], ours.keys[0, :, :5])
+    assert ours.keys.shape == (2, 3, 9, 4) and ours.key_buffer.shape == (2, 3, 12, 4)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -244,3 +243,29 @@ def test_a_prefix_shared_by_every_prompt_is_computed_once_and_changes_no_complet
     assert torch.equal(alone.completion_mask, shared.completion_mask) and torch.equal(alone.prompt_ids, shared.prompt_ids)
     if temperature:
         assert torch.allclose(alone.logprobs, shared.logprobs, atol=1e-5)
+
+
+def test_cascade_attention_is_softmax_over_the_prompt_and_the_rows_own_tokens():
+    """Two prompts (one left-padded by 2) x G = 3 rows, 4 query heads on 2 kv heads (GQA): the cascade's merged output
+    equals, row by row, attention over the concatenation [its prompt's real tokens, its own tokens] computed directly
+    in float64 (softmax(q k^T / sqrt(d)) v, query head h reading kv head h // 2)."""
+    from types import SimpleNamespace
+
+    from sampling import SharedPrompts, cascade_attention
+    g = torch.Generator().manual_seed(0)
+    P, G, H, KV, d, L, t = 2, 3, 4, 2, 8, 6, 4
+    q = torch.randn(P * G, H, 1, d, generator=g)
+    prompt_k, prompt_v = torch.randn(P, KV, L, d, generator=g), torch.randn(P, KV, L, d, generator=g)
+    own_k, own_v = torch.randn(P * G, KV, t, d, generator=g), torch.randn(P * G, KV, t, d, generator=g)
+    mask = torch.ones(P, L, dtype=torch.bool)
+    mask[1, :2] = False
+    shared = SharedPrompts([prompt_k], [prompt_v], mask, G)
+    out, _ = cascade_attention(SimpleNamespace(layer_idx=0), q, own_k, own_v, None, d ** -0.5, shared_prompts=shared)
+    assert out.shape == (P * G, 1, H, d)
+    for r in range(P * G):
+        p = r // G
+        for h in range(H):
+            keys = torch.cat([prompt_k[p, h // 2][mask[p]], own_k[r, h // 2]]).double()
+            values = torch.cat([prompt_v[p, h // 2][mask[p]], own_v[r, h // 2]]).double()
+            weights = torch.softmax(keys @ q[r, h, 0].double() / d ** 0.5, dim=0)
+            assert torch.allclose(out[r, 0, h].double(), weights @ values, atol=1e-6)
