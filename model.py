@@ -98,7 +98,8 @@ def trained_as(name_or_dir: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 PRECISIONS = ("auto", "bf16", "fp32")
 # CPU flags of a bf16 matrix unit: AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake and later), AMX-BF16 (Intel
-# Sapphire Rapids and later). Measured on an AMD EPYC: a bf16 GEMM at 371 GFLOPS against 171 in fp32 (docs/scaling.md).
+# Sapphire Rapids and later). A 1024x576x1536 GEMM on 2 cores: AMD EPYC bf16 371 GFLOP/s, fp32 171; Intel Xeon (AMX)
+# bf16 2,459, fp32 372 (bench.py --only roofline, docs/scaling.md#roofline).
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
@@ -122,15 +123,13 @@ def bf16_native(device: str | torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: str | torch.device, model: str = "") -> str:
-    """auto -> bf16 where it pays: on a GPU, and on a CPU that computes bf16 natively (bf16_native) for a real model;
-    fp32 otherwise (a CPU without bf16 hardware emulates it, slower than fp32; the tiny model's 192-wide matmuls gain
-    nothing measurable from it, docs/scaling.md, and its committed tables are fp32). bf16 and fp32 as given."""
+    """auto -> bf16 where the device computes it natively (bf16_native) and it pays: on a GPU, and on a CPU for a real
+    model; fp32 otherwise (emulated bf16 is slower than fp32; the tiny model's 192-wide matmuls gain nothing
+    measurable from it, docs/choices.md#precision, and its committed tables are fp32). bf16 and fp32 as given."""
     if precision != "auto":
         return precision
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16"
-    return "bf16" if bf16_native(device) and not is_tiny(model) else "fp32"
+    pays = torch.device(device).type == "cuda" or not is_tiny(model)
+    return "bf16" if pays and bf16_native(device) else "fp32"
 
 
 def autocast(precision: str, device: str | torch.device):

@@ -13,8 +13,8 @@ prompt that starts with a cached Prefix (an episode's next turn) computes only t
 every prompt of a chunk starts with (the system prompt and tools) are computed once for all of them (share_prefix).
 
 Decoding reads each prompt's KV cache once per step for all of its G rows (cascade_attention, as Hydragen, arXiv
-2402.05099, and FlashInfer's cascade attention do): the G rows' queries attend to their prompt's keys together, each
-row attends to its own new tokens alone, and the two softmaxes are merged by their log-sum-exp. A copy of the prompt's
+2402.05099, and FlashInfer's cascade attention do): the G rows' queries meet their prompt's keys and values in one
+product each, each row's own new tokens apart, under one softmax. A copy of the prompt's
 cache per row would make each step read G copies of it (at 1,000 prompt tokens and G = 16, more bytes than the
 weights of a 135 M model).
 """
@@ -253,42 +253,36 @@ class SharedPrompts:
     group_size: int
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, mask: torch.Tensor | None = None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """o = softmax(s) v and lse = log sum_j exp(s_j), s = scaling q k^T (masked to -inf where mask is False), over
-    the last two dims: q [..., Q, d], k and v [..., K, d] -> o [..., Q, d] (v's dtype), lse [..., Q, 1] (fp32)."""
-    scores = (q @ k.transpose(-1, -2)).float() * scaling
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    lse = scores.logsumexp(-1, keepdim=True)
-    return (scores - lse).exp().to(v.dtype) @ v, lse
-
-
 def cascade_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
                       scaling: float, dropout: float = 0.0, shared_prompts: SharedPrompts | None = None, **kwargs
                       ) -> tuple[torch.Tensor, None]:
     """One decoding step's attention for rows that continue shared prompts (transformers' attention-function
     signature; query [rows, heads, 1, d], key / value: the rows' own new tokens so far [rows, kv heads, t, d]).
 
-    Softmax over a row's keys split in two parts, its prompt's P (p) and its own t (s), is the parts' softmaxes
-    weighted by their share of the total mass:
-        lse = log(exp(lse_p) + exp(lse_s)),   o = exp(lse_p - lse) o_p + exp(lse_s - lse) o_s
-    where (o_x, lse_x) = attend(q, k_x, v_x). The G rows of a prompt (and the heads that share a kv head, GQA) are
-    stacked as G x rep queries against the prompt's keys, so each step reads the prompt's cache once, not G times.
+    Row r of prompt p attends to its prompt's P keys and its own t keys:
+        s = scaling [q_r K_p^T, q_r K_r^T]   (prompt padding masked to -inf),   o = softmax(s) [V_p; V_r]
+    The G rows of a prompt (and the rep query heads that share a kv head, GQA) are stacked as G x rep queries in one
+    product with the prompt's keys and one with its values, so a step reads the prompt's cache once, not G times.
+    Computed in fp32 whatever the cache's dtype (autocast off), as sdpa accumulates: bf16 scores would round each
+    logit to 8 bits (2.3x sdpa's error on the test's inputs).
     """
     rows, heads, _, dim = query.shape
-    kv = key.shape[1]
-    G, rep = shared_prompts.group_size, heads // kv
-    P = rows // G
-    layer = module.layer_idx
-    stacked = query.reshape(P, G, kv, rep, dim).transpose(1, 2).reshape(P, kv, G * rep, dim)
-    o_p, lse_p = attend(stacked, shared_prompts.keys[layer], shared_prompts.values[layer], scaling,
-                        shared_prompts.mask[:, None, None, :])
-    o_p, lse_p = (x.reshape(P, kv, G, rep, -1).transpose(1, 2).reshape(rows, kv, rep, -1) for x in (o_p, lse_p))
-    o_s, lse_s = attend(query.reshape(rows, kv, rep, dim), key, value, scaling)
-    lse = torch.logaddexp(lse_p, lse_s)
-    out = o_p.float() * (lse_p - lse).exp() + o_s.float() * (lse_s - lse).exp()
-    return out.to(query.dtype).reshape(rows, 1, heads, dim), None
+    kv, G, dtype = key.shape[1], shared_prompts.group_size, query.dtype
+    rep, P = heads // kv, rows // G
+    prompt_keys, prompt_values = (x[module.layer_idx].float() for x in (shared_prompts.keys, shared_prompts.values))
+    query, key, value = query.float(), key.float(), value.float()
+    with torch.autocast(query.device.type, enabled=False):
+        stacked = query.reshape(P, G, kv, rep, dim).transpose(1, 2).reshape(P, kv, G * rep, dim)   # [P, kv, G rep, d]
+        on_prompt = (stacked @ prompt_keys.transpose(-1, -2)).masked_fill(~shared_prompts.mask[:, None, None, :],
+                                                                          float("-inf"))
+        on_prompt = on_prompt.view(P, kv, G, rep, -1).transpose(1, 2).reshape(rows, kv, rep, -1)   # [rows, kv, rep, P]
+        own = query.reshape(rows, kv, rep, dim)
+        weights = torch.softmax(torch.cat([on_prompt, own @ key.transpose(-1, -2)], -1) * scaling, -1)
+        width = prompt_keys.shape[-2]
+        from_prompt = weights[..., :width].reshape(P, G, kv, rep, width).transpose(1, 2).reshape(P, kv, G * rep, width)
+        out = (from_prompt @ prompt_values).view(P, kv, G, rep, dim).transpose(1, 2).reshape(rows, kv, rep, dim)
+        out = out + weights[..., width:] @ value
+    return out.reshape(rows, 1, heads, dim).to(dtype), None
 
 
 AttentionInterface.register(CASCADE, cascade_attention)

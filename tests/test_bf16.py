@@ -23,11 +23,13 @@ def test_auto_precision_follows_the_cpus_bf16_hardware(monkeypatch, flags, name,
     assert resolve_precision("fp32", "cpu", name) == "fp32" and resolve_precision("bf16", "cpu", name) == "bf16"
 
 
-def test_auto_precision_is_bf16_on_a_gpu(monkeypatch):
+@pytest.mark.parametrize("supported", [True, False])
+def test_auto_precision_on_a_gpu_is_bf16_where_it_computes_bf16(monkeypatch, supported):
     monkeypatch.setattr(model_module, "cpu_flags", lambda: frozenset())
-    assert resolve_precision("auto", "cuda", "tiny") == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert model_module.bf16_native("cuda") and not model_module.bf16_native("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    expected = "bf16" if supported else "fp32"   # a GPU before Ampere emulates bf16
+    assert resolve_precision("auto", "cuda", "tiny") == resolve_precision("auto", "cuda", "Org/Real-1B") == expected
+    assert resolve_precision("auto", "cpu", "Org/Real-1B") == "fp32"
 
 
 def logits(net, ids, precision):
