@@ -92,6 +92,28 @@ def informative(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards != rewards[:, :1]).any(dim=1)
 
 
+def discounted_returns(outcome: torch.Tensor, turns_left: torch.Tensor, gamma: float) -> torch.Tensor:
+    """R_{e,j} = gamma^(T_e - 1 - j) R_e: the return from turn j of an episode of T_e agent turns whose one reward is
+    its outcome R_e, paid after its last turn (turns_left[r] = T_e - 1 - j for row r, turn j of episode e)."""
+    return outcome * gamma ** turns_left
+
+
+def step_advantages(returns: torch.Tensor, step_group: torch.Tensor, eps: float = 1e-4,
+                    scale_std: bool = True) -> torch.Tensor:
+    """GiGPO's step-level advantage (Feng et al. 2025, arXiv 2505.10978, sec. 4.2): the turns a task's G episodes took
+    from the same state form a step group s, and each turn's return is compared with its step group's,
+
+        A^S_r = (R_r - mean_{r' in s(r)} R_r') / (std_{r' in s(r)} R_r' + eps)      (group_advantages, per step group)
+
+    0 for a turn alone in its step group (no other action from that state to compare it with) and for a step group
+    of equal returns. step_group: [rows] long, the label of each row's step group (step_groups)."""
+    advantages = torch.zeros_like(returns)
+    for label in step_group.unique():
+        members = (step_group == label).nonzero().squeeze(-1)
+        advantages[members] = group_advantages(returns[members][None], eps, scale_std)[0]
+    return advantages
+
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(pi_theta || pi_ref) (Schulman 2020), with x = ref_logp - logp:
 
@@ -194,11 +216,14 @@ def grpo_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, sample
 
 def optimise(model, tokenizer, frozen_ref, optimizer, scheduler, params, groups: "Groups", args, clock: list[float],
              log_groups: bool) -> dict:
-    """Phases 3-6 on the step's scored groups, whatever they hold (turn completions, or whole episodes)."""
+    """Phases 3-6 on the step's scored groups, whatever they hold (turn completions, or whole episodes): the group
+    advantages (3, and under --step-credit each turn's step advantage), the rows' old and reference log-probs (4), the
+    clipped loss with KL and the optimizer step (5, 6); the step's metrics, and its groups when logged."""
     device = next(model.parameters()).device
     advantages = group_advantages(groups.totals(), scale_std=not args.no_std_scale).view(-1).to(device)   # 3
     clock.append(time.perf_counter())
-    batch = training_batch(groups, advantages, args, tokenizer.pad_token_id, device)
+    batch = training_batch(groups, row_advantages(groups, advantages, args).to(device), args, tokenizer.pad_token_id,
+                           device)
     old_logp, ref_logp = old_and_reference_logprobs(model, frozen_ref, batch, args)                       # 4
     clock.append(time.perf_counter())
     update = policy_update(model, optimizer, scheduler, params, batch, old_logp, ref_logp, args)         # 5, 6
@@ -316,7 +341,10 @@ def score_rollout(tokenizer, gen: Generation, samples: list[TurnSample], group_s
 
 def in_draw_order(items: list, B: int) -> list:
     """Every rank's per-group items, gathered in the global draw's order. rollout shares each draw of B prompts out
-    in rank order (parallel.share), so the global order runs draw by draw, and within a draw rank by rank."""
+    in rank order (parallel.share), so the global order runs draw by draw, and within a draw rank by rank: with W
+    ranks each holding share = B / W groups of every draw, rank r's local group d x share + j (draw d, its j-th) is
+    global group d x B + r x share + j. Here: cut each rank's list into draws of `share`, then take draw d of rank 0,
+    draw d of rank 1, ..., for d = 0, 1, ..."""
     share, n = B // parallel.world(), len(items)   # every rank holds n groups: the same draws
     gathered = parallel.gather(items)
     by_rank = [gathered[r * n:(r + 1) * n] for r in range(parallel.world())]
@@ -324,8 +352,9 @@ def in_draw_order(items: list, B: int) -> list:
 
 
 def first_in_draw_order(useful: torch.Tensor, B: int) -> torch.Tensor:
-    """This rank's share of the first B True groups of the global draw (see in_draw_order): local group d x share + j
-    is global group d x B + rank x share + j."""
+    """[local groups] bool: which of this rank's groups are among the first B True groups of the global draw order
+    (the flags gathered by in_draw_order, then each local group looked up at its global index, as in_draw_order
+    numbers them)."""
     share = B // parallel.world()
     flags = torch.tensor(in_draw_order(useful.tolist(), B), dtype=torch.bool)
     first = flags & (flags.cumsum(0) <= B)
@@ -360,8 +389,43 @@ class Batch:
     n_trained_tokens: int      # completion tokens of the rows trained on (kl and clip_fraction are per such token)
 
 
+def row_advantages(groups: Groups, advantages: torch.Tensor, args) -> torch.Tensor:
+    """[rows] the advantage each row trains with: its completion's (episode's) group advantage A^E, and under
+    --episodes with --step-credit w > 0, GiGPO's combination A^E + w A^S (step_advantages of the returns
+    discounted_returns gives each turn, --step-gamma)."""
+    owner = groups.row_owner.to(advantages.device)
+    if groups.kind != "episode" or not args.step_credit:
+        return advantages[owner]
+    returns = discounted_returns(groups.totals().view(-1).to(owner.device)[owner],
+                                 turns_left(groups.row_owner).to(owner.device), args.step_gamma)
+    step = step_advantages(returns, step_groups(groups).to(owner.device), scale_std=not args.no_std_scale)
+    return advantages[owner] + args.step_credit * step
+
+
+def turns_left(row_owner: torch.Tensor) -> torch.Tensor:
+    """[rows] T_e - 1 - j for row r, turn j of episode e = row_owner[r] (an episode's rows are its turns, in order)."""
+    turn, taken = [], {}
+    for e in row_owner.tolist():
+        turn.append(taken.get(e, 0))
+        taken[e] = turn[-1] + 1
+    return torch.tensor([taken[e] - 1 - j for e, j in zip(row_owner.tolist(), turn)])
+
+
+def step_groups(groups: Groups) -> torch.Tensor:
+    """[rows] long: one label for the turns of one task's G episodes taken from the same state, the same
+    conversation so far token for token (the row's prompt: exactly what the policy acted on). Not the database and
+    the pending request: two conversations that reach the same database in other words are other inputs to the
+    policy, and GiGPO's anchor states are identical observations."""
+    gen, labels, keys = groups.gen, [], {}
+    for r, group in enumerate((groups.row_owner // groups.group_size).tolist()):
+        prompt = tuple(gen.prompt_ids[r][gen.prompt_mask[r].bool()].tolist())
+        labels.append(keys.setdefault((group, prompt), len(keys)))
+    return torch.tensor(labels)
+
+
 def training_batch(groups: Groups, advantages: torch.Tensor, args, pad_id: int, device) -> Batch:
-    """The trained groups' rows in micro-batches of similar length, and the normalisers summed over the ranks.
+    """The trained groups' rows in micro-batches of similar length, and the normalisers summed over the ranks;
+    advantages: one per row (row_advantages).
 
     A group whose completions all scored the same has A = 0 and teaches nothing: as in DAPO's dynamic sampling it is
     left out of the reference and update passes (--keep-zero-variance keeps it, for its KL term), while its rows
@@ -376,7 +440,7 @@ def training_batch(groups: Groups, advantages: torch.Tensor, args, pad_id: int, 
     n_trained_tokens = int(parallel.all_sum(int(mask[rows].sum())))
     n_sequences = int(parallel.all_sum(len(sequence[counted].unique())))
     n_tokens = int(parallel.all_sum(int(mask[counted].sum())))
-    return Batch(micro_batches(groups.gen, rows, advantages[groups.row_owner.to(advantages.device)], args.micro_batch,
+    return Batch(micro_batches(groups.gen, rows, advantages, args.micro_batch,
                                label.tolist(), pad_id, device, share=not args.no_shared_prefix,
                                lengths=sequence_lengths(mask.sum(1).float().cpu(), sequence)),
                  n_sequences, n_tokens, max_len, n_trained_tokens)
@@ -667,8 +731,10 @@ def rollout_episodes(model, tokenizer, tasks: list[Task], first: int, generator:
     parts, owners = [], []
 
     def agent(active: list[Episode]) -> list[str]:
-        noise = sampling_noise(B * G, args.max_new_tokens, rounds)
-        local = [position[e.task.task_id] * G + e.trial for e in active]
+        """One round: the next turn of every active episode, sampled in one generate call; each turn's row is kept in
+        `parts` and its episode (local index) in `owners`."""
+        noise = sampling_noise(B * G, args.max_new_tokens, rounds)   # the round's noise of all B x G episodes
+        local = [position[e.task.task_id] * G + e.trial for e in active]   # episode index on this rank
         prompts = [prompt_ids(tokenizer, e.context(), thinking) for e in active]
         too_long = [e.task.task_id for e, p in zip(active, prompts) if len(p) > args.max_prompt_len]
         if too_long:   # an opening: a later context that long has ended its episode (fits)
@@ -677,7 +743,7 @@ def rollout_episodes(model, tokenizer, tasks: list[Task], first: int, generator:
         with autocast(args.precision, device):
             gen = generate(model, prompts, eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                           noise=noise[torch.tensor([share.start * G + i for i in local])].to(device),
+                           noise=noise[share.start * G + torch.tensor(local)].to(device),   # its global row
                            rollout_batch=args.rollout_batch, share_prefix=not args.no_shared_prefix)
         parts.append(gen)
         owners.extend(local)
@@ -782,6 +848,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "of --loss-agg is an episode, its turns' completions end to end (it weighs what a completion "
                    "weighs at the turn level, however its tokens were split into turns), or each turn (under grpo "
                    "and dr_grpo an episode then weighs by its number of turns), for comparison")
+    g.add_argument("--step-credit", type=float, default=0.0, metavar="W", help="--episodes: each turn trains with "
+                   "A^E + W A^S, A^S GiGPO's step advantage among the turns a task's G episodes took from the same "
+                   "conversation so far (step_advantages); 0: the episode's advantage A^E only")
+    g.add_argument("--step-gamma", type=unit_interval, default=0.95, help="--episodes --step-credit: discount of the "
+                   "outcome to earlier turns, R_j = gamma^(T - 1 - j) R (GiGPO's 0.95)")
     groups = add_run_arguments(p, out="runs/grpo", save_every=50)
     g = groups["optimisation"]
     g.add_argument("--lr", type=float, default=None, help=f"learning rate (default: {LR_DEFAULTS['tiny']} tiny, "
@@ -805,6 +876,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "in the update and reference passes, as padded rows do (packing.py), and each prompt's start in "
                    "the rollout, not once for the prompts that share it (sampling.py), for comparison")
     args = p.parse_args(argv)
+    if args.step_credit and not args.episodes:
+        p.error("--step-credit weighs the turns of whole conversations: it goes with --episodes")
     if args.refill and args.keep_zero_variance:
         p.error("--refill trains on informative groups only; it cannot --keep-zero-variance")
     if args.episodes and args.episodes < args.prompts_per_step:

@@ -106,7 +106,7 @@ def test_the_update_scores_every_episode_turn_as_the_sampler_did(rollout, share)
                      row_owner=groups.row_owner[back], trained=torch.ones(len(groups.samples), dtype=torch.bool))
     args.no_shared_prefix = not share
     advantages = torch.arange(len(groups.scores), dtype=torch.float32) + 1.0   # episode k: advantage k + 1
-    batch = grpo.training_batch(groups, advantages, args, tok.pad_token_id, "cpu")
+    batch = grpo.training_batch(groups, grpo.row_advantages(groups, advantages, args), args, tok.pad_token_id, "cpu")
     sampled = groups.gen.logprobs
     length = groups.gen.completion_mask.sum(1).tolist()
     by_row = [(groups.gen.completion_ids[r, :length[r]].tolist(), sampled[r, :length[r]], int(groups.row_owner[r]))
@@ -227,7 +227,8 @@ def loss_and_gradient(split: bool, mode: str, weight: str, micro_batch: int) -> 
     params = list(model.parameters())
     optimizer = RecordingSGD(params, lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    batch = grpo.training_batch(episode_groups(split, tok.pad_token_id), ADVANTAGES, args, tok.pad_token_id, "cpu")
+    groups = episode_groups(split, tok.pad_token_id)
+    batch = grpo.training_batch(groups, grpo.row_advantages(groups, ADVANTAGES, args), args, tok.pad_token_id, "cpu")
     update = grpo.policy_update(model, optimizer, scheduler, params, batch, [None] * len(batch.micro),
                                 [None] * len(batch.micro), args)
     return update.loss, optimizer.gradient
@@ -318,3 +319,67 @@ def test_an_opening_longer_than_max_prompt_len_is_refused():
     from data import DataError
     with pytest.raises(DataError, match="--max-prompt-len"):
         roll(*load("tiny"), episode_args("--max-prompt-len", "20"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Credit per turn (--step-credit): GiGPO's step-level advantage, by hand
+# ----------------------------------------------------------------------------------------------
+def test_discounted_returns_pay_the_outcome_back_to_earlier_turns():
+    # R_j = gamma^(T - 1 - j) R: gamma 0.5, two turns left -> 0.25 R; the last turn -> R; a failure stays 0
+    got = grpo.discounted_returns(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([2, 0, 1]), 0.5)
+    assert got.tolist() == [0.25, 1.0, 0.0]
+
+
+def test_turns_left_counts_each_episodes_rows_in_order():
+    # episode 0 is rows 0, 2, 3 (turns 0, 1, 2 of 3), episode 1 rows 1, 4 (turns 0, 1 of 2)
+    assert grpo.turns_left(torch.tensor([0, 1, 0, 0, 1])).tolist() == [2, 1, 1, 0, 0]
+
+
+def test_step_advantages_compare_turns_within_their_step_group_only():
+    # step group 0: returns 1 and 0 -> mean 0.5, population std 0.5 -> +-0.5 / 0.5001; group 1 equal -> 0;
+    # group 2 a single turn -> 0
+    got = grpo.step_advantages(torch.tensor([1.0, 0.0, 0.5, 0.5, 3.0]), torch.tensor([0, 0, 1, 1, 2]))
+    assert got.tolist() == pytest.approx([0.5 / 0.5001, -0.5 / 0.5001, 0.0, 0.0, 0.0], rel=1e-6)
+
+
+def three_turn_groups(prompts: list[list[int]], owners: list[int], totals: list[float], G: int) -> grpo.Groups:
+    from types import SimpleNamespace
+
+    from sampling import Generation, left_pad
+    prompt_ids, prompt_mask = left_pad(prompts, 0)
+    n = len(prompts)
+    gen = Generation(prompt_ids, prompt_mask, torch.ones(n, 1, dtype=torch.long), torch.ones(n, 1, dtype=torch.long),
+                     torch.zeros(n, dtype=torch.bool))
+    return grpo.Groups([f"task {k}" for k in range(len(totals) // G)], gen, [SimpleNamespace(total=t) for t in totals],
+                       torch.ones(len(totals) // G, dtype=torch.bool), G, torch.tensor(owners), "episode")
+
+
+def test_step_groups_are_the_same_conversation_so_far_within_one_task():
+    # tasks 0 (episodes 0, 1) and 1 (episodes 2, 3): rows 0 and 1 share a prompt within task 0; row 2 has the same
+    # tokens in task 1 (another task: another group); row 3 another prompt
+    groups = three_turn_groups([[5, 6], [5, 6], [5, 6], [5, 7]], [0, 1, 2, 3], [1.0, 0.0, 1.0, 0.0], G=2)
+    labels = grpo.step_groups(groups).tolist()
+    assert labels[0] == labels[1] and len({labels[0], labels[2], labels[3]}) == 3
+
+
+def test_each_turn_trains_with_its_episodes_advantage_plus_w_times_its_step_advantage():
+    """One task, G = 2: episode 0 took two turns and succeeded (R = 1), episode 1 failed in one (R = 0); both first
+    turns were taken from the opening (prompt X), episode 0's second from Y. By hand, gamma 0.95, w 1:
+      A^E = (R - 0.5) / (0.5 + 1e-4) = +-0.5 / 0.5001 for the episodes;
+      returns: episode 0 turn 0: 0.95 x 1, episode 1 turn 0: 0, episode 0 turn 1: 1;
+      A^S: the opening's step group {0.95, 0} -> +-0.475 / 0.4751; Y alone -> 0."""
+    args = grpo.parse_args(["--model", "tiny-random", "--episodes", "8", "--prompts-per-step", "1", "--group-size",
+                            "2", "--step-credit", "1", "--step-gamma", "0.95"])
+    groups = three_turn_groups([[5, 6], [5, 6], [5, 6, 9, 9]], [0, 1, 0], [1.0, 0.0], G=2)
+    episode = grpo.group_advantages(groups.totals()).view(-1)
+    got = grpo.row_advantages(groups, episode, args)
+    a_e, a_s = 0.5 / 0.5001, 0.475 / 0.4751
+    assert got.tolist() == pytest.approx([a_e + a_s, -a_e - a_s, a_e], rel=1e-5)
+    args.step_credit = 0.0   # off: every turn carries its episode's advantage
+    assert grpo.row_advantages(groups, episode, args).tolist() == pytest.approx([a_e, -a_e, a_e], rel=1e-5)
+
+
+def test_step_credit_without_episodes_is_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        grpo.parse_args(["--model", "tiny-random", "--step-credit", "1"])
+    assert stop.value.code == 2 and "--episodes" in capsys.readouterr().err
