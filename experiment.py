@@ -151,15 +151,34 @@ def evaluate_run(model_dir: str, result_path: Path, samples, tasks, args) -> dic
     return result
 
 
+def training_summary(run_dir: Path) -> dict[str, float] | None:
+    """What a run's log.jsonl says of its training, per step means over the run: the fraction of its groups that were
+    informative (1 - zero_variance_groups), the new tokens it sampled in all, and its training success (task success
+    under --episodes, else the reward) over its first and its last 10 steps: the training curve in two numbers. None
+    for a run without a log."""
+    if not (run_dir / "log.jsonl").is_file():
+        return None
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    records = [r for r in records if "zero_variance_groups" in r]   # training steps (not evaluation lines)
+    success = [r["task_success"] if "task_success" in r else r["reward"]["total"] for r in records]
+    return {"informative": sum(1 - r["zero_variance_groups"] for r in records) / len(records),
+            "sampled_tokens": sum(r["new_tokens"] for r in records),
+            "train_first10": sum(success[:10]) / len(success[:10]), "train_last10": sum(success[-10:]) / len(success[-10:])}
+
+
+TRAINING = ("informative", "sampled_tokens", "train_first10", "train_last10")
+
+
 def table(results: dict[str, list[dict]], baseline: str, metrics: tuple[str, ...]) -> tuple[str, dict]:
     """Markdown table and its JSON: per configuration, each metric with its 95% interval, its difference to the
-    baseline (paired over held-out items), and the plain means of the aggregate metrics."""
+    baseline (paired over held-out items), the plain means of the aggregate metrics, and of each trained run's
+    training_summary (blank for the start model and --compare rows)."""
     plain = ["exact_match", "format_rate", "reasoning_words"]
     if "episode" in metrics:   # the episodes' other tau-bench metrics, means over seeds
         plain += [f"episode_{m}" for m in ("pass^1", "pass^2", "pass^4", "turn_limit", "turns")
                   if all(f"episode_{m}" in r["metrics"] for runs in results.values() for r in runs)]
     header = ["configuration", "seeds"] + [f"{m} [95% CI]" for m in metrics] + \
-             [f"{m} - {baseline} [95% CI]" for m in metrics] + plain
+             [f"{m} - {baseline} [95% CI]" for m in metrics] + plain + list(TRAINING)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = {}
     for name, runs in results.items():
@@ -177,6 +196,10 @@ def table(results: dict[str, list[dict]], baseline: str, metrics: tuple[str, ...
         for m in plain:
             row[m] = sum(r["metrics"][m] for r in runs) / len(runs)
             cells.append(f"{row[m]:.3f}" if m != "reasoning_words" else f"{row[m]:.1f}")
+        for m in TRAINING:
+            trained = [r["training"][m] for r in runs if r.get("training")]
+            row[m] = sum(trained) / len(trained) if trained else None
+            cells.append("" if row[m] is None else f"{row[m]:,.0f}" if m == "sampled_tokens" else f"{row[m]:.3f}")
         rows[name] = row
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines), rows
@@ -229,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, flags in configs:
                 run_dir = out / name / f"seed{seed}"
                 train(run_dir, args, flags, seed)
-                results[name].append(evaluate_run(str(run_dir), run_dir / "eval.json", samples, tasks, args))
+                result = evaluate_run(str(run_dir), run_dir / "eval.json", samples, tasks, args)
+                results[name].append({**result, "training": training_summary(run_dir)})
         metrics = METRICS + (("episode", "violations") if tasks else ())
         text, rows = table(results, names[0], metrics)
         command = "python experiment.py " + shlex.join(argv)

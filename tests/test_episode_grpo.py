@@ -146,7 +146,7 @@ def test_episode_training_resumes_exactly_and_logs_whole_episodes(tmp_path):
     common = ["--model", "tiny", "--episodes", "8", "--steps", "3", "--group-size", "2", "--prompts-per-step", "2",
               "--max-new-tokens", "16", "--turn-limit", "3", "--save-every", "1", "--keep-zero-variance",
               "--w-episode-format", "1",   # the tiny base rarely succeeds: the shaping term tells episodes apart
-              "--log-rollouts", "1"]
+              "--log-rollouts", "1", "--step-credit", "1"]
     assert grpo.main(common + ["--out", str(tmp_path / "full")]) == 0
     cut = tmp_path / "cut"
     grpo.train(grpo.parse_args(common + ["--out", str(cut)]), stop_after=2)

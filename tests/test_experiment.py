@@ -92,3 +92,19 @@ def test_an_evaluation_of_other_turns_is_made_again_and_the_same_one_reused(tmp_
     stamp = (out / "start.json").stat().st_mtime_ns
     assert experiment.main(common + ["--limit", "4", "--out", str(out)]) == 0   # the same settings: reused
     assert (out / "start.json").stat().st_mtime_ns == stamp and "again" not in capsys.readouterr().err
+
+
+def test_training_summary_by_hand(tmp_path):
+    """12 episode steps: half of the groups informative at odd steps, all at even ones (mean 0.75); 100 new tokens a
+    step (1,200); task success 0, 0.1, ..., 1.1 -> first 10 steps 0.45, last 10 (steps 3-12) 0.65; an evaluation line
+    without training fields is not a step."""
+    import json
+
+    from experiment import training_summary
+    lines = [{"step": k + 1, "zero_variance_groups": 0.5 if k % 2 == 0 else 0.0, "new_tokens": 100,
+              "task_success": k / 10, "reward": {"total": 9.0}} for k in range(12)]
+    lines.insert(5, {"step": 5, "eval": {"turn_success": 0.5}})
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    got = training_summary(tmp_path)
+    assert got == pytest.approx({"informative": 0.75, "sampled_tokens": 1200, "train_first10": 0.45,
+                                 "train_last10": 0.65})

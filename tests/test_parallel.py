@@ -80,12 +80,12 @@ def test_two_ranks_take_the_grpo_step_of_one_process(tmp_path, data):
 
 
 def test_two_ranks_take_the_episode_step_of_one_process(tmp_path):
-    """grpo.py --episodes: each rank runs the G episodes of its share of the tasks; the same episodes (rewards, turns,
-    completion lengths) and the same update as one process."""
+    """grpo.py --episodes (with --step-credit): each rank runs the G episodes of its share of the tasks; the same
+    episodes (rewards, turns, completion lengths) and the same update as one process."""
     lr = 1e-4
     common = ["grpo.py", "--model", "tiny", "--episodes", "8", "--steps", "1", "--group-size", "2",
               "--max-new-tokens", "12", "--turn-limit", "3", "--lr", str(lr), "--warmup", "1", "--keep-zero-variance",
-              "--w-episode-format", "1", "--seed", "3"]
+              "--w-episode-format", "1", "--seed", "3", "--step-credit", "1"]
     run(common + ["--prompts-per-step", "4", "--out", str(tmp_path / "one")], 1, 0)
     run(common + ["--prompts-per-step", "4", "--out", str(tmp_path / "two")], 2, 29636)
     run(common + ["--prompts-per-step", "2", "--out", str(tmp_path / "half")], 1, 0)
