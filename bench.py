@@ -140,17 +140,19 @@ def matmul_weights(model) -> tuple[int, int]:
     return sum(w.numel() for w in linears), sum(w.numel() * w.element_size() for w in linears)
 
 
+def head_dim(cfg) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
 def attention_flops(cfg, queries: int, keys: float) -> float:
     """4 x heads x head_dim x layers FLOPs per (query, key) pair: q k^T and the weights times v, 2 FLOPs a
     multiply-add each."""
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 4 * cfg.num_attention_heads * head_dim * cfg.num_hidden_layers * queries * keys
+    return 4 * cfg.num_attention_heads * head_dim(cfg) * cfg.num_hidden_layers * queries * keys
 
 
 def kv_bytes(cfg, tokens: float, element_size: int) -> float:
     """Bytes of the KV cache of `tokens` tokens: keys and values, kv heads x head_dim each, every layer."""
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_key_value_heads * head_dim * cfg.num_hidden_layers * tokens * element_size
+    return 2 * cfg.num_key_value_heads * head_dim(cfg) * cfg.num_hidden_layers * tokens * element_size
 
 
 def roofline_line(name: str, seconds: float, flops: float, bytes_: float, gemm: float, bandwidth: float,
@@ -193,7 +195,7 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
 
     trained = copy.deepcopy(model).train()
     params = [p for p in trained.parameters() if p.requires_grad]
-    n, fp32_bytes = matmul_weights(trained)
+    _, fp32_bytes = matmul_weights(trained)   # the update reads the fp32 weights
 
     def update():
         with autocast(precision, "cpu"):

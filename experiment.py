@@ -163,7 +163,8 @@ def training_summary(run_dir: Path) -> dict[str, float] | None:
     success = [r["task_success"] if "task_success" in r else r["reward"]["total"] for r in records]
     return {"informative": sum(1 - r["zero_variance_groups"] for r in records) / len(records),
             "sampled_tokens": sum(r["new_tokens"] for r in records),
-            "train_first10": sum(success[:10]) / len(success[:10]), "train_last10": sum(success[-10:]) / len(success[-10:])}
+            "train_first10": sum(success[:10]) / len(success[:10]),
+            "train_last10": sum(success[-10:]) / len(success[-10:])}
 
 
 TRAINING = ("informative", "sampled_tokens", "train_first10", "train_last10")

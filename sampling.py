@@ -201,7 +201,8 @@ def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id:
     kept = None if not keep else [
         Prefix(p, [layer.keys[i][:, mask[i].bool()] for layer in cache.layers],
                [layer.values[i][:, mask[i].bool()] for layer in cache.layers]) for i, p in enumerate(prompts)]
-    prompt_cache = SharedPrompts([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
+    prompt_cache = SharedPrompts([layer.keys.float() for layer in cache.layers],   # in cascade_attention's fp32,
+                                 [layer.values.float() for layer in cache.layers],  # once, not at every step
                                  mask.bool(), group_size)
     new_tokens = kv_cache(model, max_new_tokens)   # row i of the group batch continues prompt i // G
     logits, pos = out.logits[:, -1].repeat_interleave(group_size, 0), pos[:, -1:].repeat_interleave(group_size, 0)
@@ -246,7 +247,7 @@ CASCADE = "tool_grpo_cascade"   # the name under which transformers' attention m
 @dataclass
 class SharedPrompts:
     """The prompts' KV cache while their rows decode: per layer, keys and values [prompts, kv heads, P, head dim]
-    (left-padded), mask [prompts, P] True on real tokens; rows i * G .. i * G + G - 1 continue prompt i."""
+    in fp32 (left-padded), mask [prompts, P] True on real tokens; rows i * G .. i * G + G - 1 continue prompt i."""
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     mask: torch.Tensor
@@ -269,7 +270,7 @@ def cascade_attention(module, query: torch.Tensor, key: torch.Tensor, value: tor
     rows, heads, _, dim = query.shape
     kv, G, dtype = key.shape[1], shared_prompts.group_size, query.dtype
     rep, P = heads // kv, rows // G
-    prompt_keys, prompt_values = (x[module.layer_idx].float() for x in (shared_prompts.keys, shared_prompts.values))
+    prompt_keys, prompt_values = shared_prompts.keys[module.layer_idx], shared_prompts.values[module.layer_idx]
     query, key, value = query.float(), key.float(), value.float()
     with torch.autocast(query.device.type, enabled=False):
         stacked = query.reshape(P, G, kv, rep, dim).transpose(1, 2).reshape(P, kv, G * rep, dim)   # [P, kv, G rep, d]
