@@ -383,7 +383,8 @@ def write_records(path: Path, records: list) -> None:
         write_json_atomic(path, records)
 
 
-DEMO_FILES = {"train": "retail_train.json", "test": "retail_test.json", "cold_start": "retail_cold_start.json"}
+DEMO_FILES = {"train": "retail_train.json", "test": "retail_test.json", "cold_start": "retail_cold_start.json",
+              "val": "retail_val.json"}
 NEXT_ACTION_FILE = "retail_test_next_action.jsonl"
 
 
@@ -404,7 +405,7 @@ DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
 
 
 def resolve_data(name: str) -> str:
-    """A data path, or `demo:SPLIT` (train, test, cold_start, test_next_action): the demo file, written to
+    """A data path, or `demo:SPLIT` (train, test, cold_start, val, test_next_action): the demo file, written to
     data/demo on first use."""
     if not name.startswith("demo:") or name == "demo:pretrain-stream":
         return name
@@ -480,6 +481,45 @@ def build_cold_start(path: str | Path, turns: int = 96, seed: int = 0) -> tuple[
     return [next_action_test(s) for s in chosen], counts
 
 
+def value_source(value, user_text: str, tool_text: str) -> str:
+    """Where an argument's value stands in the context: "user" if the user wrote it (as a whole word), else "tool"
+    if a tool result holds it, else "new"; a list or dict by its parts (their sources joined with +, in first-seen order)."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        sources = [value_source(v, user_text, tool_text) for v in value] or ["new"]
+        return "+".join(dict.fromkeys(sources))
+    text = re.compile(rf"(?<!\w){re.escape(value if isinstance(value, str) else json.dumps(value))}(?!\w)")
+    return "user" if text.search(user_text) else "tool" if text.search(tool_text) else "new"
+
+
+def structured_trace(sample: TurnSample) -> str:
+    """A short structured reasoning trace for a sample's action, in the style that "Brief Is Better" (arXiv
+    2604.02155) found to stop function hallucination: the function, then each argument with where its value
+    comes from in the context (value_source), or that the turn is a reply:
+
+        Function: get_order_details. Key args: order_id=W43740 (user).
+        Function: none; reply to the user.
+    """
+    calls = sample.target.tool_calls
+    if not calls:
+        return "Function: none; reply to the user."
+    user_text = " ".join(str(m.get("content", "")) for m in sample.messages if m["role"] == "user")
+    tool_text = " ".join(str(m.get("content", "")) for m in sample.messages if m["role"] == "tool")
+    args = [f"{k}={v if isinstance(v, str) else json.dumps(v)} ({value_source(v, user_text, tool_text)})"
+            for c in calls for k, v in c["arguments"].items()]
+    return f"Function: {', '.join(c['name'] for c in calls)}. Key args: {'; '.join(args) or 'none'}."
+
+
+def with_structured_traces(path: str | Path) -> list[dict]:
+    """A cold-start file's turns with reasoning, each trace replaced by its structured_trace, as next-action tests
+    (the same turns and actions: only the text inside <think> changes)."""
+    samples = [s for s in load_turn_samples(path)[0] if s.target.reasoning is not None]
+    if not samples:
+        raise DataError(f"{Path(path).name}: no turn carries a reasoning trace to restyle")
+    return [next_action_test(dataclasses.replace(s, target=dataclasses.replace(s.target, reasoning=structured_trace(s)))) for s in samples]
+
+
 def inspect(path: str, skip_bad: bool) -> None:
     samples, skipped = load_turn_samples(resolve_data(path), skip_bad)
     conversations = len({s.conversation_id for s in samples})
@@ -518,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
                    "list)")
     p.add_argument("--turns", type=int, default=96, help="examples, fewer than 100")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("structured-traces", help="rewrite a cold-start set's traces as short structured ones "
+                       "(function, arguments and their sources: data.structured_trace)")
+    p.add_argument("path")
+    p.add_argument("--out", required=True, help="the restyled set, as next-action tests")
     p = sub.add_parser("demo", help="write the retail demo splits (deterministic)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -535,6 +579,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"conversations")
             for kind, n in sorted(counts.items()):
                 print(f"  {n:3d}  {kind}")
+        elif args.command == "structured-traces":
+            tests = with_structured_traces(resolve_data(args.path))
+            write_records(Path(args.out), tests)
+            print(f"{args.out}: {len(tests)} turns, traces restyled")
         elif args.command == "split":
             for name, path in split_records(args.path, args.out, args.test, args.seed).items():
                 print(f"{name}: {path}")

@@ -1,15 +1,20 @@
-"""GRPO configurations x seeds from one start model, evaluated on the same held-out work, in one table.
+"""GRPO (or cold-start) configurations x seeds from one start model, evaluated on the same held-out work, in one
+table.
 
     python experiment.py --model runs/cold --out runs/ablation --seeds 0 1 2 \\
         --configs paper binary fine no-format no-decision no-tool no-answer no-efficiency -- --steps 40
     python experiment.py --model runs/cold --out runs/grid --grid w-tool=0.3,0.9 w-efficiency=0,0.3 -- --steps 40
+    python experiment.py --stage cold-start --model runs/sft --data demo:cold_start --baseline start --seeds 0 \\
+        --compare no_think=runs/cold@off --configs e2="--epochs 2" e6="--epochs 6" -- --replay-ratio 1
 
 A configuration is a reward design (rewards.DESIGNS: paper, binary, fine, no-<component>), `refill` (DAPO's
 dynamic sampling), or NAME=FLAGS for any grpo.py flags (e.g. "clip10=--eps-high 0.1"); --grid adds the product of
-two (or more) flags' values. Everything after -- goes to every grpo.py run. Each (configuration, seed) trains
-with `python grpo.py` into OUT/CONFIG/seedS and is evaluated greedily on --eval-data (eval.evaluate_turns), and with
---episodes on whole conversations. The start model is evaluated once, as the row "start", and so is each
---compare NAME=MODEL (e.g. the base SFT model: how GRPO compares with the stage without thinking).
+two (or more) flags' values. Everything after -- goes to every run. Each (configuration, seed) trains with
+`python grpo.py` (--stage cold-start: `python sft.py --mode cold-start`) into OUT/CONFIG/seedS and is evaluated
+greedily on --eval-data (eval.evaluate_turns), and with --episodes on whole conversations. The start model is
+evaluated once, as the row "start", and so is each --compare NAME=MODEL (e.g. the base SFT model: how GRPO compares
+with the stage without thinking); MODEL@off / MODEL@on evaluates it with thinking off / on instead of the way it
+was trained (eval.thinking_model).
 
 The table gives, per configuration, each metric's mean over seeds and held-out turns with a 95% interval, and the
 difference to the first configuration (the baseline) with its own interval, paired over the held-out turns
@@ -69,16 +74,21 @@ def grid_configs(grid: list[str]) -> list[tuple[str, list[str]]]:
             for combo in itertools.product(*axes)]
 
 
+STAGES = {"grpo": ["grpo.py"], "cold-start": ["sft.py", "--mode", "cold-start"]}   # --stage: the training command
+
+
 def train(run_dir: Path, args, flags: list[str], seed: int) -> None:
-    """python grpo.py into run_dir (or --resume it); nothing when its final model is there. The command that trains
-    it is kept beside it (seedS.command.json; grpo.py's final save keeps only its own files in run_dir): a run made
-    by another command (another start model, data or GRPO flag) is refused, never reused in its place."""
-    command = ["--model", args.model, "--data", args.data, "--out", str(run_dir), "--seed", str(seed),
+    """python grpo.py (or sft.py --mode cold-start) into run_dir (or --resume it); nothing when its final model is
+    there. The command that trains it is kept beside it (seedS.command.json; the final save keeps only its own files
+    in run_dir): a run made by another command (another start model, data or flag) is refused, never reused in its
+    place."""
+    script, *mode = STAGES[args.stage]
+    command = [*mode, "--model", args.model, "--data", args.data, "--out", str(run_dir), "--seed", str(seed),
                *flags, *args.grpo_flags]
     made_by = run_dir.parent / f"{run_dir.name}.command.json"
     if made_by.exists() and (before := json.loads(made_by.read_text())) != command:
-        raise BadInput(f"{run_dir}: trained by `python grpo.py {shlex.join(before)}`, not by this command's "
-                       f"`python grpo.py {shlex.join(command)}`; remove it or choose another --out")
+        raise BadInput(f"{run_dir}: trained by `python {script} {shlex.join(before)}`, not by this command's "
+                       f"`python {script} {shlex.join(command)}`; remove it or choose another --out")
     if (run_dir / "model.safetensors").exists():
         return
     if (run_dir / "checkpoint" / "state.json").exists():
@@ -86,17 +96,23 @@ def train(run_dir: Path, args, flags: list[str], seed: int) -> None:
     else:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(made_by, command)
-    print(f"$ python grpo.py {shlex.join(command)}", flush=True)
-    status = subprocess.run([sys.executable, str(HERE / "grpo.py"), *command]).returncode
+    print(f"$ python {script} {shlex.join(command)}", flush=True)
+    status = subprocess.run([sys.executable, str(HERE / script), *command]).returncode
     if status:
         raise SystemExit(status)
 
 
-def made_with(model_dir: str, args) -> dict:
-    """What an evaluation's numbers depend on: the model, the held-out turns, the compute precision and the episodes
-    (their tasks, trials and sampling). A cached evaluation is reused only if made with the same."""
+def made_with(model_dir: str, args, thinking: bool | None = None) -> dict:
+    """What an evaluation's numbers depend on: the model, the held-out turns, the compute precision, the episodes
+    (their tasks, trials and sampling), and the prompt's thinking mode and the new-token budget where they are not
+    the model's own defaults (recorded only then, so evaluations made before these flags existed stay valid). A cached
+    evaluation is reused only if made with the same."""
     flags = {"model": model_dir, "eval_data": args.eval_data, "limit": args.limit, "episodes": args.episodes,
              "precision": resolve_precision(args.precision, args.device, model_dir)}
+    if thinking is not None:
+        flags["thinking"] = thinking
+    if args.max_new_tokens:
+        flags["max_new_tokens"] = args.max_new_tokens
     if args.episodes:
         flags.update(trials=args.trials, seed=args.seed)
     return flags
@@ -120,15 +136,16 @@ def cached_result(result_path: Path, flags: dict) -> dict | None:
     return None
 
 
-def evaluate_run(model_dir: str, result_path: Path, samples, tasks, args) -> dict:
-    """Per-turn (and per-task) scores of one trained model, cached in result_path with the flags it was made with."""
-    flags = made_with(model_dir, args)
+def evaluate_run(model_dir: str, result_path: Path, samples, tasks, args, thinking: bool | None = None) -> dict:
+    """Per-turn (and per-task) scores of one trained model, cached in result_path with the flags it was made with;
+    prompts think as the model was trained to (eval.thinking_model) unless `thinking` says otherwise."""
+    flags = made_with(model_dir, args, thinking)
     cached = cached_result(result_path, flags)
     if cached is not None:
         return cached
     model, tokenizer = load(model_dir, device=args.device)
-    thinking = thinking_model(model_dir)
-    settings = scale_settings(model_dir)
+    thinking = thinking_model(model_dir) if thinking is None else thinking
+    settings = scale_settings(model_dir) | ({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {})
     precision = flags["precision"]
     weights = RewardWeights.of_run(trained_as(model_dir), real_model=not is_tiny(model_dir))   # its own reward
     turns = evaluate_turns(model, tokenizer, samples, thinking, precision=precision, progress=True, weights=weights,
@@ -159,7 +176,9 @@ def training_summary(run_dir: Path) -> dict[str, float] | None:
     if not (run_dir / "log.jsonl").is_file():
         return None
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    records = [r for r in records if "zero_variance_groups" in r]   # training steps (not evaluation lines)
+    records = [r for r in records if "zero_variance_groups" in r]   # GRPO training steps (not evaluation lines)
+    if not records:   # a cold-start run: its loss curve is its log
+        return None
     success = [r["task_success"] if "task_success" in r else r["reward"]["total"] for r in records]
     return {"informative": sum(1 - r["zero_variance_groups"] for r in records) / len(records),
             "sampled_tokens": sum(r["new_tokens"] for r in records),
@@ -209,21 +228,27 @@ def table(results: dict[str, list[dict]], baseline: str, metrics: tuple[str, ...
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, grpo_flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    p = argparse.ArgumentParser(description="GRPO configurations x seeds from one start model, one table with 95% "
-                                "intervals. Flags after -- go to every grpo.py run.",
+    p = argparse.ArgumentParser(description="GRPO (or cold-start) configurations x seeds from one start model, one "
+                                "table with 95% intervals. Flags after -- go to every training run.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="the start model of every run (a cold-start model)")
-    p.add_argument("--data", default="demo:train", help="GRPO training data")
+    p.add_argument("--stage", choices=STAGES, default="grpo", help="what each configuration trains: GRPO, or a "
+                   "cold start (sft.py --mode cold-start) from a base SFT model")
+    p.add_argument("--model", required=True, help="the start model of every run (a cold-start model; with --stage "
+                   "cold-start a base SFT model)")
+    p.add_argument("--data", default="demo:train", help="training data (with --stage cold-start: the cold-start set)")
     p.add_argument("--eval-data", default="demo:test", help="held-out turn samples")
     p.add_argument("--limit", type=int, help="evaluate the first N held-out turns only")
+    p.add_argument("--max-new-tokens", type=int, help="evaluation: tokens per completion at most (default: "
+                   "eval.SCALE_DEFAULTS)")
     p.add_argument("--out", required=True, help="one directory per configuration and seed, and the table")
-    p.add_argument("--configs", nargs="+", default=["paper"], help="reward designs, refill, or NAME=FLAGS; the "
-                   "first is the baseline of the differences")
+    p.add_argument("--configs", nargs="+", default=["paper"], help="reward designs, refill, or NAME=FLAGS")
+    p.add_argument("--baseline", help="the row the differences are taken against (default: the first configuration; "
+                   "`start` for the start model)")
     p.add_argument("--grid", nargs="+", default=[], metavar="FLAG=V1,V2", help="add every combination of these "
                    "grpo.py flags' values (e.g. w-tool=0.3,0.9 w-efficiency=0,0.3)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--compare", nargs="+", default=[], metavar="NAME=MODEL", help="more rows: these models "
-                   "evaluated as they are (e.g. base_sft=runs/sft)")
+                   "evaluated as they are (e.g. base_sft=runs/sft); MODEL@off / @on: with thinking off / on")
     p.add_argument("--episodes", type=int, default=0, metavar="N", help="also N tasks of whole conversations "
                    "(episodes.py) per model, --trials each")
     p.add_argument("--trials", type=int, default=2, help="episodes: trials per task")
@@ -247,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
             name, sep, model_dir = entry.partition("=")
             if not sep or name in names or name == "start":
                 raise BadInput(f"--compare {entry!r}: expected NAME=MODEL with a new NAME")
-            results[name] = [evaluate_run(model_dir, out / f"{name}.json", samples, tasks, args)]
+            model_dir, _, mode = model_dir.partition("@")
+            if mode not in ("", "on", "off"):
+                raise BadInput(f"--compare {entry!r}: after @ comes on or off (the prompt's thinking mode)")
+            thinking = None if not mode else mode == "on"
+            results[name] = [evaluate_run(model_dir, out / f"{name}.json", samples, tasks, args, thinking)]
         results.update({name: [] for name in names})
         for seed in args.seeds:   # seed by seed: a run cut short still has every configuration at its first seeds
             for name, flags in configs:
@@ -256,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
                 result = evaluate_run(str(run_dir), run_dir / "eval.json", samples, tasks, args)
                 results[name].append({**result, "training": training_summary(run_dir)})
         metrics = METRICS + (("episode", "violations") if tasks else ())
-        text, rows = table(results, names[0], metrics)
+        baseline = args.baseline or names[0]
+        if baseline not in results:
+            raise BadInput(f"--baseline {baseline}: not a row ({', '.join(results)})")
+        text, rows = table(results, baseline, metrics)
         command = "python experiment.py " + shlex.join(argv)
         (out / "table.md").write_text(f"{command}\n\n{text}\n")
         write_json_atomic(out / "table.json", {"command": command, "rows": rows})

@@ -435,9 +435,10 @@ def retail_world(rng: random.Random) -> tuple[dict, list[dict], list[dict]]:
     return db, users[:RETAIL_TRAIN_USERS], users[RETAIL_TRAIN_USERS:]
 
 
-def retail_splits(seed: int = 0, n_train: int = 2000, n_test: int = 200, cold_start_turns: int = 96
-                  ) -> dict[str, list[dict]]:
-    """Retail train / test / cold-start records. Test users (and so their orders) never appear in train.
+def retail_splits(seed: int = 0, n_train: int = 2000, n_test: int = 200, cold_start_turns: int = 96,
+                  n_val: int = 100) -> dict[str, list[dict]]:
+    """Retail train / test / cold-start / validation records. Test users (and so their orders) never appear in
+    train.
 
     The cold-start set is whole conversations of training users with a reasoning trace on every assistant
     turn, one task each, the tasks taken in turn so that every flow is annotated about equally often (as a
@@ -457,4 +458,7 @@ def retail_splits(seed: int = 0, n_train: int = 2000, n_test: int = 200, cold_st
             break
         cold.append(record)
         turns += n
-    return {"train": train, "test": test, "cold_start": cold}
+    # validation: new conversations of the training users (none of them in train), for choosing between
+    # configurations without looking at the held-out users; drawn last, so the other splits stay as they were
+    val = [conversation(RETAIL, db, rng.choice(train_users), rng) for _ in range(n_val)]
+    return {"train": train, "test": test, "cold_start": cold, "val": val}

@@ -1,10 +1,11 @@
+import dataclasses
 import hashlib
 import json
 
 import pytest
 
 import data
-from data import DataError, load_conversations, load_turn_samples
+from data import Action, DataError, TurnSample, load_conversations, load_turn_samples
 
 CALL = json.dumps({"name": "get_order_details", "arguments": {"order_id": "W1"}})
 TOOLS = json.dumps([{"name": "get_order_details", "description": "d", "parameters": {}}])
@@ -144,6 +145,47 @@ def test_held_out_users_and_orders_are_disjoint(demo_dir):
         return set(re.findall(pattern, json.dumps([r["conversations"] for r in json.loads(path.read_text())])))
     for pattern in (r"\bu\d{4}\b", r"\bW\d{5}\b"):
         assert not ids(demo_dir / "retail_train.json", pattern) & ids(demo_dir / "retail_test.json", pattern)
+
+
+def test_validation_is_other_conversations_of_the_training_users(demo_dir):
+    import random
+    import re
+
+    from worlds import retail_world
+    _, train_users, _ = retail_world(random.Random(0))   # the demo's seed
+    val = json.loads((demo_dir / "retail_val.json").read_text())
+    train = json.loads((demo_dir / "retail_train.json").read_text())
+    named = set(re.findall(r"\bu\d{4}\b", json.dumps([r["conversations"] for r in val])))
+    assert len(val) == 100 and named and named <= {u["user_id"] for u in train_users}
+    assert sum(r in train for r in val) < 5   # new conversations (a two-turn greeting-and-lookup can recur by chance)
+
+
+def test_structured_trace_by_hand():
+    """The function, then each argument and where its value stands: the user's words, a tool result, or neither."""
+    sample = TurnSample("c", "", [], [
+        {"role": "user", "content": "Return the Lamp from order W12345, please"},
+        {"role": "assistant", "content": "", "tool_calls": []},
+        {"role": "tool", "content": '{"order_id": "W12345", "items": [{"product_id": "P777"}]}'}],
+        Action(tool_calls=[{"name": "return_items", "arguments": {"order_id": "W12345", "item_ids": ["P777"],
+                                                                  "note": "gift", "count": 2}}],
+               reasoning="free text"))
+    assert data.structured_trace(sample) == ('Function: return_items. Key args: order_id=W12345 (user); '
+                                             'item_ids=["P777"] (tool); note=gift (new); count=2 (new).')
+    assert data.value_source({"a": "W12345", "b": "P777"}, "W12345", "P777") == "user+tool"
+    assert data.value_source([], "", "") == "new"
+    answer = dataclasses.replace(sample, target=Action(content="Done.", reasoning="x"))
+    assert data.structured_trace(answer) == "Function: none; reply to the user."
+
+
+def test_structured_traces_keep_the_turns_and_actions(demo_dir, tmp_path, capsys):
+    before, _ = load_turn_samples(demo_dir / "retail_cold_start.json")
+    assert data.main(["structured-traces", str(demo_dir / "retail_cold_start.json"), "--out",
+                      str(tmp_path / "s.json")]) == 0
+    after, _ = load_turn_samples(tmp_path / "s.json")
+    assert [(s.messages, s.target.content, s.target.tool_calls) for s in after] == \
+        [(s.messages, s.target.content, s.target.tool_calls) for s in before]
+    assert all(s.target.reasoning.startswith("Function: ") for s in after)
+    assert [s.target.reasoning for s in after] != [s.target.reasoning for s in before]
 
 
 def test_split_holds_out_whole_records(tmp_path):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 import experiment
+from data import load_turn_samples
 from cli import BadInput
 
 
@@ -108,3 +109,34 @@ def test_training_summary_by_hand(tmp_path):
     got = training_summary(tmp_path)
     assert got == pytest.approx({"informative": 0.75, "sampled_tokens": 1200, "train_first10": 0.45,
                                  "train_last10": 0.65})
+
+
+def test_cold_start_configurations_a_thinking_override_and_the_start_as_baseline(tmp_path, demo_dir):
+    """--stage cold-start trains with sft.py --mode cold-start (a configuration's --data replacing the shared one);
+    MODEL@on evaluates a model with thinking on where it was trained without; --baseline start takes the differences
+    against the start model."""
+    from eval import evaluate_turns
+    from model import load
+    out = tmp_path / "x"
+    argv = ["--stage", "cold-start", "--model", "tiny-random", "--data", str(demo_dir / "retail_train.json"),
+            "--eval-data", str(demo_dir / "retail_test.json"), "--limit", "3", "--max-new-tokens", "16",
+            "--out", str(out), "--seeds", "0", "--baseline", "start", "--compare", "on=tiny-random@on",
+            "--configs", f"cold=--data {demo_dir / 'retail_cold_start.json'}",
+            "--", "--replay-ratio", "0", "--max-steps", "1", "--batch-size", "2"]
+    assert experiment.main(argv) == 0
+    run = json.loads((out / "cold" / "seed0" / "args.json").read_text())
+    assert run["mode"] == "cold-start" and run["data"].endswith("retail_cold_start.json") and run["max_steps"] == 1
+    assert json.loads((out / "on.json").read_text())["made_with"]["thinking"] is True
+    assert json.loads((out / "on.json").read_text())["made_with"]["max_new_tokens"] == 16
+    assert "thinking" not in json.loads((out / "start.json").read_text())["made_with"]   # its own mode: off
+    samples = load_turn_samples(demo_dir / "retail_test.json")[0][:3]
+    model, tokenizer = load("tiny-random")
+    by_hand = [float(t.success) for t in evaluate_turns(model, tokenizer, samples, True, batch_size=64,
+                                                        max_new_tokens=16)]
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert rows["on"]["turn_success"][0] == pytest.approx(sum(by_hand) / 3)
+    assert rows["cold"]["turn_success_minus_baseline"][0] == pytest.approx(
+        rows["cold"]["turn_success"][0] - rows["start"]["turn_success"][0])
+    assert "turn_success_minus_baseline" not in rows["start"]
+    baseline = argv.index("--baseline") + 1
+    assert experiment.main(argv[:baseline] + ["nobody"] + argv[baseline + 1:]) == 2
