@@ -31,7 +31,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -269,7 +269,8 @@ class Groups:
     samples: list
     gen: Generation
     scores: list
-    trained: torch.Tensor | None   # [groups] bool: the groups whose rows go into the update (set by draw_groups)
+    trained: torch.Tensor          # [groups] bool: the groups whose rows go into the update; a rollout makes every
+    #                                group a candidate, draw_groups keeps those the update trains on
     group_size: int
     row_owner: torch.Tensor        # [rows] long
     kind: str = "turn"             # "turn" or "episode"
@@ -280,7 +281,8 @@ class Groups:
     def join(self, more: "Groups", pad_id: int) -> "Groups":
         """These groups, then those of a later draw (--refill)."""
         return Groups(self.samples + more.samples, concatenate([self.gen, more.gen], pad_id), self.scores + more.scores,
-                      None, self.group_size, torch.cat([self.row_owner, more.row_owner + len(self.scores)]), self.kind)
+                      torch.cat([self.trained, more.trained]), self.group_size,
+                      torch.cat([self.row_owner, more.row_owner + len(self.scores)]), self.kind)
 
 
 def group_totals(scores: list[Score], group_size: int) -> torch.Tensor:
@@ -302,10 +304,8 @@ def draw_groups(roll: Callable[[int], Groups], n_drawable: int, args, pad_id: in
         groups, drawn = groups.join(roll(drawn), pad_id), drawn + B
     useful = informative(groups.totals())
     if args.refill:
-        groups.trained = first_in_draw_order(useful, B)
-    else:
-        groups.trained = torch.ones_like(useful) if args.keep_zero_variance else useful
-    return groups
+        return replace(groups, trained=first_in_draw_order(useful, B))
+    return replace(groups, trained=torch.ones_like(useful) if args.keep_zero_variance else useful)
 
 
 def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]], first: int,
@@ -323,8 +323,8 @@ def rollout(model, tokenizer, samples: list[TurnSample], prompts: list[list[int]
                        group_size=G, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_p=args.top_p, noise=noise.to(device), rollout_batch=args.rollout_batch,
                        share_prefix=not args.no_shared_prefix)
-    return Groups(samples, gen, score_rollout(tokenizer, gen, samples, G, thinking, weights), None, G,
-                  torch.arange(len(samples) * G))
+    return Groups(samples, gen, score_rollout(tokenizer, gen, samples, G, thinking, weights),
+                  torch.ones(len(samples), dtype=torch.bool), G, torch.arange(len(samples) * G))
 
 
 def score_rollout(tokenizer, gen: Generation, samples: list[TurnSample], group_size: int, thinking: bool,
@@ -760,7 +760,8 @@ def rollout_episodes(model, tokenizer, tasks: list[Task], first: int, generator:
                            state and told, state, told, e.violations, e.tool_errors, e.agent_turns, e.format_errors,
                            e.ended_by, transcript(e))
               for e, state, told in judged(episodes)]
-    return Groups(mine, concatenate(parts, tokenizer.pad_token_id), scores, None, G, torch.tensor(owners), "episode")
+    return Groups(mine, concatenate(parts, tokenizer.pad_token_id), scores, torch.ones(len(mine), dtype=torch.bool), G,
+                  torch.tensor(owners), "episode")
 
 
 def episode_step(model, tokenizer, frozen_ref, optimizer, scheduler, params, tasks: list[Task],
