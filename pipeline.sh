@@ -50,15 +50,16 @@ else                          # the demo world: retail train / held-out / cold s
     # every stage bounded by steps or epochs, never by wall time: the same seed and thread count give the same table
     if [ "$MODEL" = smollm2-135m ]; then
         # The CPU run of a real model, all its sizes here (2 cores, seed 0; bf16 where the CPU has it, else fp32:
-        # model.resolve_precision): base SFT 80 steps x 8 samples, cold start 2 epochs of 96 + 96 replayed samples in
-        # micro-batches of 8 (a micro-batch's activations grow with its tokens: 6.9 GB peak in bf16, 11.5 GB in
-        # fp32), GRPO 20 steps, 128 new tokens (the demo's actions and traces fit; 1,024 is the real-model default),
-        # 150 held-out turns, 20 episode tasks x 4 trials (each episode's KV cache kept: real prompts are ~1,100
-        # tokens). Stage times: docs/scaling.md.
+        # model.resolve_precision): base SFT 80 steps x 8 samples, cold start 6 epochs of 95 + 95 replayed samples in
+        # micro-batches of 8 (until its loss flattens: 2 epochs left it 0.36 below base SFT on validation, 6 within
+        # 0.01 -- docs/results.md#smollm2-diagnosis; a micro-batch's activations grow with its tokens: 6.9 GB peak in
+        # bf16, 11.5 GB in fp32), GRPO 40 steps at lr 5e-5, 128 new tokens (the demo's actions and traces fit; 1,024
+        # is the real-model default), 400 held-out turns, 20 episode tasks x 4 trials (each episode's KV cache kept:
+        # real prompts are ~1,100 tokens). Stage times: docs/scaling.md.
         SFT_FLAGS=${SFT_FLAGS-"--max-steps 80 --batch-size 8 --grad-accum 1 --save-every 5"}
-        COLD_FLAGS=${COLD_FLAGS-"--epochs 2 --replay-ratio 1 --batch-size 8 --grad-accum 1 --warmup 5 --save-every 10"}
-        GRPO_FLAGS=${GRPO_FLAGS-"--steps 20 --prompts-per-step 4 --group-size 4 --max-new-tokens 128 --save-every 5"}
-        EVAL_FLAGS=${EVAL_FLAGS-"--limit 150 --max-new-tokens 128"}
+        COLD_FLAGS=${COLD_FLAGS-"--epochs 6 --replay-ratio 1 --batch-size 8 --grad-accum 1 --warmup 5 --save-every 10"}
+        GRPO_FLAGS=${GRPO_FLAGS-"--steps 40 --lr 5e-5 --prompts-per-step 4 --group-size 4 --max-new-tokens 128 --save-every 5"}
+        EVAL_FLAGS=${EVAL_FLAGS-"--limit 400 --max-new-tokens 128"}
         EPISODE_FLAGS=${EPISODE_FLAGS-"--max-new-tokens 128 --episode-cache on"}
         EPISODES=${EPISODES:-20}
         # BFCL: a completion cut at 128 tokens is generated again within BFCL's own budget (4,096): vanilla SmolLM2
@@ -85,7 +86,7 @@ train cold_start sft.py "$OUT/cold" --mode cold-start --model "$OUT/sft" --data 
 train grpo       grpo.py "$OUT/grpo" --model "$OUT/cold" --data "$TRAIN" --seed "$SEED" \
                      $GRPO_FLAGS                                                       # stage 3: composite reward
 # eval.py --resume keeps the rows its --out file already has and writes the file after each model
-stage eval       python eval.py --data "$TEST" --out "$OUT/results.json" ${RESUME:+--resume} $EVAL_FLAGS \
+stage eval       python eval.py --data "$TEST" --out "$OUT/results.json" ${RESUME:+--resume} --baseline base_sft $EVAL_FLAGS \
                      --model "$MODEL" --name vanilla --model "$OUT/sft" --name base_sft \
                      --model "$OUT/cold" --name cold_start --model "$OUT/grpo" --name grpo
 if [ -z "${DATA:-}" ] && [ "${EPISODES:-100}" != 0 ]; then   # whole conversations (episodes.py); EPISODES=0 skips
