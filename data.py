@@ -483,7 +483,8 @@ def build_cold_start(path: str | Path, turns: int = 96, seed: int = 0) -> tuple[
 
 def value_source(value, user_text: str, tool_text: str) -> str:
     """Where an argument's value stands in the context: "user" if the user wrote it (as a whole word), else "tool"
-    if a tool result holds it, else "new"; a list or dict by its parts (their sources joined with +, in first-seen order)."""
+    if a tool result holds it, else "new"; a list or dict by its parts (their sources joined with +, in first-seen
+    order)."""
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, list):
@@ -517,7 +518,8 @@ def with_structured_traces(path: str | Path) -> list[dict]:
     samples = [s for s in load_turn_samples(path)[0] if s.target.reasoning is not None]
     if not samples:
         raise DataError(f"{Path(path).name}: no turn carries a reasoning trace to restyle")
-    return [next_action_test(dataclasses.replace(s, target=dataclasses.replace(s.target, reasoning=structured_trace(s)))) for s in samples]
+    return [next_action_test(dataclasses.replace(s, target=dataclasses.replace(s.target, reasoning=structured_trace(s))))
+            for s in samples]
 
 
 def inspect(path: str, skip_bad: bool) -> None:

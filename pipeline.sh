@@ -86,8 +86,8 @@ train cold_start sft.py "$OUT/cold" --mode cold-start --model "$OUT/sft" --data 
 train grpo       grpo.py "$OUT/grpo" --model "$OUT/cold" --data "$TRAIN" --seed "$SEED" \
                      $GRPO_FLAGS                                                       # stage 3: composite reward
 # eval.py --resume keeps the rows its --out file already has and writes the file after each model
-stage eval       python eval.py --data "$TEST" --out "$OUT/results.json" ${RESUME:+--resume} --baseline base_sft $EVAL_FLAGS \
-                     --model "$MODEL" --name vanilla --model "$OUT/sft" --name base_sft \
+stage eval       python eval.py --data "$TEST" --out "$OUT/results.json" ${RESUME:+--resume} $EVAL_FLAGS \
+                     --baseline base_sft --model "$MODEL" --name vanilla --model "$OUT/sft" --name base_sft \
                      --model "$OUT/cold" --name cold_start --model "$OUT/grpo" --name grpo
 if [ -z "${DATA:-}" ] && [ "${EPISODES:-100}" != 0 ]; then   # whole conversations (episodes.py); EPISODES=0 skips
     stage episodes python eval.py --episodes "${EPISODES:-100}" --trials 4 --seed "$SEED" --out "$OUT/episodes.json" \

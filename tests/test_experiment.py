@@ -5,8 +5,8 @@ import json
 import pytest
 
 import experiment
-from data import load_turn_samples
 from cli import BadInput
+from data import load_turn_samples
 
 
 def test_configurations_and_grid_by_hand():
@@ -99,8 +99,6 @@ def test_training_summary_by_hand(tmp_path):
     """12 episode steps: half of the groups informative at odd steps, all at even ones (mean 0.75); 100 new tokens a
     step (1,200); task success 0, 0.1, ..., 1.1 -> first 10 steps 0.45, last 10 (steps 3-12) 0.65; an evaluation line
     without training fields is not a step."""
-    import json
-
     from experiment import training_summary
     lines = [{"step": k + 1, "zero_variance_groups": 0.5 if k % 2 == 0 else 0.0, "new_tokens": 100,
               "task_success": k / 10, "reward": {"total": 9.0}} for k in range(12)]
