@@ -54,14 +54,15 @@ else                          # the demo world: retail train / held-out / cold s
         # micro-batches of 8 (until its loss flattens: 2 epochs left it 0.36 below base SFT on validation, 6 within
         # 0.01 -- docs/results.md#smollm2-diagnosis; a micro-batch's activations grow with its tokens: 6.9 GB peak in
         # bf16, 11.5 GB in fp32), GRPO 40 steps at lr 5e-5, 128 new tokens (the demo's actions and traces fit; 1,024
-        # is the real-model default), 400 held-out turns, 20 episode tasks x 4 trials (each episode's KV cache kept:
-        # real prompts are ~1,100 tokens). Stage times: docs/scaling.md.
+        # is the real-model default), 400 held-out turns. Episodes only when asked (EPISODES=20: 20 tasks x 4 trials,
+        # each episode's KV cache kept): vanilla alone had finished 3 of its 80 after 21 minutes at 17 GB resident,
+        # so they are not part of the 1.5-hour default. Stage times: docs/scaling.md.
         SFT_FLAGS=${SFT_FLAGS-"--max-steps 80 --batch-size 8 --grad-accum 1 --save-every 5"}
         COLD_FLAGS=${COLD_FLAGS-"--epochs 6 --replay-ratio 1 --batch-size 8 --grad-accum 1 --warmup 5 --save-every 10"}
         GRPO_FLAGS=${GRPO_FLAGS-"--steps 40 --lr 5e-5 --prompts-per-step 4 --group-size 4 --max-new-tokens 128 --save-every 5"}
         EVAL_FLAGS=${EVAL_FLAGS-"--limit 400 --max-new-tokens 128"}
         EPISODE_FLAGS=${EPISODE_FLAGS-"--max-new-tokens 128 --episode-cache on"}
-        EPISODES=${EPISODES:-20}
+        EPISODES=${EPISODES:-0}
         # BFCL: a completion cut at 128 tokens is generated again within BFCL's own budget (4,096): vanilla SmolLM2
         # had 14 of 20 irrelevance completions cut at 128, so expect hours a model on 2 cores
         BFCL_FLAGS=${BFCL_FLAGS-"--limit 20 --max-new-tokens 128"}
