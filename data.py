@@ -518,7 +518,8 @@ def with_structured_traces(path: str | Path) -> list[dict]:
     samples = [s for s in load_turn_samples(path)[0] if s.target.reasoning is not None]
     if not samples:
         raise DataError(f"{Path(path).name}: no turn carries a reasoning trace to restyle")
-    return [next_action_test(dataclasses.replace(s, target=dataclasses.replace(s.target, reasoning=structured_trace(s))))
+    return [next_action_test(dataclasses.replace(s, target=dataclasses.replace(s.target,
+                                                                                reasoning=structured_trace(s))))
             for s in samples]
 
 

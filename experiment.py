@@ -12,10 +12,10 @@ dynamic sampling), or NAME=FLAGS for any grpo.py flags (e.g. "clip10=--eps-high 
 two (or more) flags' values. Everything after -- goes to every run, after the configuration's own flags (argparse
 keeps the last value: a flag that a configuration changes belongs in the configurations only). Each (configuration,
 seed) trains with `python grpo.py` (--stage cold-start: `python sft.py --mode cold-start`) into OUT/CONFIG/seedS and
-is evaluated greedily on --eval-data (eval.evaluate_turns), and with --episodes on whole conversations. The start model is
-evaluated once, as the row "start", and so is each --compare NAME=MODEL (e.g. the base SFT model: how GRPO compares
-with the stage without thinking); MODEL@off / MODEL@on evaluates it with thinking off / on instead of the way it
-was trained (eval.thinking_model).
+is evaluated greedily on --eval-data (eval.evaluate_turns), and with --episodes on whole conversations. The start
+model is evaluated once, as the row "start", and so is each --compare NAME=MODEL (e.g. the base SFT model: how GRPO
+compares with the stage without thinking); MODEL@off / MODEL@on evaluates it with thinking off / on instead of the
+way it was trained (eval.thinking_model).
 
 The table gives, per configuration, each metric's mean over seeds and held-out turns with a 95% interval, and the
 difference to the first configuration (the baseline) with its own interval, paired over the held-out turns
