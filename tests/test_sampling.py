@@ -245,27 +245,97 @@ def test_a_prefix_shared_by_every_prompt_is_computed_once_and_changes_no_complet
         assert torch.allclose(alone.logprobs, shared.logprobs, atol=1e-5)
 
 
-def test_cascade_attention_is_softmax_over_the_prompt_and_the_rows_own_tokens():
+@pytest.mark.parametrize("fused", [True, False])
+def test_cascade_attention_is_softmax_over_the_prompt_and_the_rows_own_tokens(fused):
     """Two prompts (one left-padded by 2) x G = 3 rows, 4 query heads on 2 kv heads (GQA): the cascade's merged output
     equals, row by row, attention over the concatenation [its prompt's real tokens, its own tokens] computed directly
     in float64 (softmax(q k^T / sqrt(d)) v, query head h reading kv head h // 2)."""
-    from types import SimpleNamespace
-
-    from sampling import SharedPrompts, cascade_attention
+    from sampling import cascade_attention
     g = torch.Generator().manual_seed(0)
     P, G, H, KV, d, L, t = 2, 3, 4, 2, 8, 6, 4
-    q = torch.randn(P * G, H, 1, d, generator=g)
+    q = torch.randn(P * G, H, d, generator=g)
     prompt_k, prompt_v = torch.randn(P, KV, L, d, generator=g), torch.randn(P, KV, L, d, generator=g)
     own_k, own_v = torch.randn(P * G, KV, t, d, generator=g), torch.randn(P * G, KV, t, d, generator=g)
     mask = torch.ones(P, L, dtype=torch.bool)
     mask[1, :2] = False
-    shared = SharedPrompts([prompt_k], [prompt_v], mask, G)
-    out, _ = cascade_attention(SimpleNamespace(layer_idx=0), q, own_k, own_v, None, d ** -0.5, shared_prompts=shared)
-    assert out.shape == (P * G, 1, H, d)
+    bias = torch.zeros(P, 1, 1, L).masked_fill(~mask[:, None, None, :], float("-inf"))
+    out = cascade_attention(q, own_k, own_v, prompt_k, prompt_v, bias, G, d ** -0.5, fused)
+    assert out.shape == (P * G, H, d)
     for r in range(P * G):
         p = r // G
         for h in range(H):
             keys = torch.cat([prompt_k[p, h // 2][mask[p]], own_k[r, h // 2]]).double()
             values = torch.cat([prompt_v[p, h // 2][mask[p]], own_v[r, h // 2]]).double()
-            weights = torch.softmax(keys @ q[r, h, 0].double() / d ** 0.5, dim=0)
-            assert torch.allclose(out[r, 0, h].double(), weights @ values, atol=1e-6)
+            weights = torch.softmax(keys @ q[r, h].double() / d ** 0.5, dim=0)
+            assert torch.allclose(out[r, h].double(), weights @ values, atol=1e-6)
+
+
+def random_llama():
+    """A small random Llama (SmolLM2's architecture: no per-head norm, tied embeddings, GQA 6 heads on 2), its weights
+    drawn 10x wider than transformers' default (0.02) so that attention moves the logits by O(1)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=96, intermediate_size=256, num_hidden_layers=3,
+                                        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+                                        tie_word_embeddings=True, initializer_range=0.2)).eval()
+
+
+@pytest.mark.parametrize("architecture", ["qwen3", "llama", "qwen3+lora"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16, products not reordered"])
+def test_the_decoder_computes_the_models_own_next_token_logits(architecture, precision, monkeypatch):
+    """Decoder.step against the model's own forward on a transformers KV cache, step by step (G = 3 rows after one
+    20-token prompt, 6 steps, under the same autocast, bf16 with the weights model.for_inference stores).
+    Tolerances, relative to the largest logit: fp32 1e-5 -- the two round the same sums in another order (fused
+    products, the flash kernel's blocked softmax), a few fp32 ulps (6e-8) per operation, measured <= 2e-6; bf16
+    2^-5 -- the head rounds logits to bf16 (8 bits, an ulp up to 2^-7 of the value), so an fp32 difference upstream
+    can move them a few ulps. A wrong position, head or weight moves logits by O(1). "products not reordered": bf16
+    through plain products, as on a device without oneDNN (a GPU)."""
+    from transformers import DynamicCache
+
+    from lora import inject_lora, lora_layers
+    from model import autocast, for_inference
+    from sampling import Decoder, kv_cache
+    if precision == "bf16, products not reordered":
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+        precision = "bf16"
+    if architecture == "llama":
+        model = random_llama()
+    else:
+        model = load("tiny-random")[0].eval()
+        if architecture == "qwen3+lora":
+            if precision == "bf16":
+                pytest.skip("bf16 decodes from a merged copy (model.sampling_copy), not from adapters")
+            inject_lora(model, rank=4, alpha=8)
+            with torch.no_grad():
+                for layer in lora_layers(model).values():
+                    layer.lora_B.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    model = for_inference(model, precision)
+    g = torch.Generator().manual_seed(0)
+    prompt, G = torch.randint(5, 250, (1, 20), generator=g), 3
+    worst = 0.0
+    with torch.no_grad(), autocast(precision, "cpu"):
+        cache = kv_cache(model, 20)
+        model(input_ids=prompt, cache=cache, use_cache=True)
+        theirs_cache = DynamicCache(config=model.config)
+        model(input_ids=prompt.repeat(G, 1), cache=theirs_cache, use_cache=True)
+        decoder = Decoder(model, cache, torch.ones(1, 20, dtype=torch.bool), G, 6)
+        assert decoder.packed == (precision == "bf16" and torch.backends.mkldnn.is_available()
+                                  and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        token, pos = torch.randint(5, 250, (G,), generator=g), torch.full((G,), 20)
+        for _ in range(6):
+            ours = decoder.step(token, pos).float()
+            theirs = model(input_ids=token[:, None], position_ids=pos[:, None], cache=theirs_cache,
+                           use_cache=True).logits[:, -1].float()
+            worst = max(worst, float((ours - theirs).abs().max() / theirs.abs().max()))
+            token, pos = theirs.argmax(-1), pos + 1
+    assert worst <= (1e-5 if precision == "fp32" else 2 ** -5), worst
+
+
+def test_the_decoder_refuses_an_architecture_it_does_not_write_out():
+    from types import SimpleNamespace
+
+    from sampling import Decoder
+    layer = SimpleNamespace(self_attn=SimpleNamespace(), mlp=SimpleNamespace())
+    model = SimpleNamespace(model=SimpleNamespace(layers=[layer]), config=SimpleNamespace(model_type="mamba"))
+    with pytest.raises(ValueError, match="mamba"):
+        Decoder(model, None, torch.ones(1, 4, dtype=torch.bool), 1, 4)
