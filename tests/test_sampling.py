@@ -335,7 +335,6 @@ def test_the_decoder_refuses_an_architecture_it_does_not_write_out():
     from types import SimpleNamespace
 
     from sampling import Decoder
-    layer = SimpleNamespace(self_attn=SimpleNamespace(), mlp=SimpleNamespace())
-    model = SimpleNamespace(model=SimpleNamespace(layers=[layer]), config=SimpleNamespace(model_type="mamba"))
-    with pytest.raises(ValueError, match="mamba"):
-        Decoder(model, None, torch.ones(1, 4, dtype=torch.bool), 1, 4)
+    for config in (SimpleNamespace(model_type="gemma2"), SimpleNamespace(model_type="qwen3", use_sliding_window=True)):
+        with pytest.raises(ValueError, match=config.model_type):
+            Decoder(SimpleNamespace(config=config), None, torch.ones(1, 4, dtype=torch.bool), 1, 4)
