@@ -266,7 +266,7 @@ class Decoder:
         if config.model_type not in DECODER_MODEL_TYPES or getattr(config, "use_sliding_window", False):
             raise ValueError(f"sampling.Decoder writes out the layers of {', '.join(DECODER_MODEL_TYPES)} (full "
                              f"attention), not those of {config.model_type}")
-        self.model, self.body = model, model.model
+        self.body = model.model
         first = self.body.layers[0]
         device = prompt_mask.device
         self.dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
