@@ -174,10 +174,13 @@ def make_request(flow: str, user: dict, db: dict, rng: random.Random) -> Request
 
 def make_tasks(n: int, seed: int = 0, split: str = "test") -> list[Task]:
     """n tasks of held-out retail users (split "test": evaluation), or of training users (split "train": grpo.py
-    --episodes), on the database the demo data was generated from (seeded)."""
+    --episodes; split "val": other tasks of the same users, drawn apart, to choose a configuration on without looking
+    at the held-out users, as the demo data's val conversations are), on the database the demo data was generated
+    from (seeded)."""
     db, train_users, test_users = retail_world(random.Random(seed))
     users, stream, prefix = {"test": (test_users, "episode tasks", "task"),
-                             "train": (train_users, "training episode tasks", "train")}[split]
+                             "train": (train_users, "training episode tasks", "train"),
+                             "val": (train_users, "validation episode tasks", "val")}[split]
     rng = random.Random(f"{stream} {seed}")
     tasks = []
     for i in range(n):
@@ -199,11 +202,12 @@ def task_from_dict(d: dict) -> Task:
                 d["world_seed"])
 
 
-def load_tasks(spec: str, seed: int = 0) -> list[Task]:
-    """--episodes N (make_tasks on the database of `seed`) or a tasks file written by `python episodes.py tasks`,
-    whose tasks carry the seed of their own database (so the file, not the run's --seed, says which world it is)."""
+def load_tasks(spec: str, seed: int = 0, split: str = "test") -> list[Task]:
+    """--episodes N (make_tasks of `split` on the database of `seed`) or a tasks file written by `python episodes.py
+    tasks`, whose tasks carry the seed of their own database (so the file, not the run's --seed, says which world it
+    is)."""
     if spec.isdigit():
-        return make_tasks(int(spec), seed)
+        return make_tasks(int(spec), seed, split)
     tasks = []
     for i, d in enumerate(read_records(spec)):
         try:
@@ -508,15 +512,17 @@ def transcript(e: Episode) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Write the episode tasks (held-out retail users) to a file.")
+    p = argparse.ArgumentParser(description="Write episode tasks (by default of held-out retail users) to a file.")
     p.add_argument("command", choices=["tasks"])
     p.add_argument("--n", type=int, default=100, help="tasks")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["test", "val", "train"], default="test", help="test: held-out users; val, "
+                   "train: training users (make_tasks)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
     def body():
-        write_json_atomic(Path(args.out), [asdict(t) for t in make_tasks(args.n, args.seed)])
+        write_json_atomic(Path(args.out), [asdict(t) for t in make_tasks(args.n, args.seed, args.split)])
         print(f"wrote {args.n} tasks to {args.out}")
     return run_cli(body)
 

@@ -19,7 +19,9 @@ way it was trained (eval.thinking_model).
 
 The table gives, per configuration, each metric's mean over seeds and held-out turns with a 95% interval, and the
 difference to the first configuration (the baseline) with its own interval, paired over the held-out turns
-(stats.py: a bootstrap over turns and seeds). Resumable: a finished (configuration, seed) is not run again, an
+(stats.py: a bootstrap over turns and seeds). Choose between configurations with --split val (the training users'
+validation conversations and episode tasks; files with a _val suffix beside the held-out ones), report on the
+held-out work (the default, --split test). Resumable: a finished (configuration, seed) is not run again, an
 interrupted one resumes from its checkpoint, and an evaluation is reused if it was made with this command's
 evaluation flags (made_with), or else made again.
 """
@@ -116,6 +118,8 @@ def made_with(model_dir: str, args, thinking: bool | None = None) -> dict:
         flags["max_new_tokens"] = args.max_new_tokens
     if args.episodes:
         flags.update(trials=args.trials, seed=args.seed)
+        if args.split != "test":
+            flags["episode_split"] = args.split
     return flags
 
 
@@ -237,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="the start model of every run (a cold-start model; with --stage "
                    "cold-start a base SFT model)")
     p.add_argument("--data", default="demo:train", help="training data (with --stage cold-start: the cold-start set)")
-    p.add_argument("--eval-data", default="demo:test", help="held-out turn samples")
+    p.add_argument("--split", choices=["test", "val"], default="test", help="the work every model is evaluated on: "
+                   "test (held-out users: to report) or val (the training users' validation conversations and "
+                   "episode tasks: to choose a configuration on); val's evaluations and table are written beside "
+                   "test's with a _val suffix")
+    p.add_argument("--eval-data", help="the turn samples (default: demo:test, with --split val demo:val)")
     p.add_argument("--limit", type=int, help="evaluate the first N held-out turns only")
     p.add_argument("--max-new-tokens", type=int, help="evaluation: tokens per completion at most (default: "
                    "eval.SCALE_DEFAULTS)")
@@ -258,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto", help="evaluation compute precision (model.PRECISIONS)")
     args = p.parse_args(ours)
     args.grpo_flags = grpo_flags
+    args.eval_data = args.eval_data or f"demo:{args.split}"
 
     def body():
         configs = [config_flags(c) for c in args.configs] + grid_configs(args.grid)
@@ -267,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         samples = load_turn_samples(resolve_data(args.eval_data))[0][:args.limit]
-        tasks = load_tasks(str(args.episodes), args.seed) if args.episodes else []
-        results = {"start": [evaluate_run(args.model, out / "start.json", samples, tasks, args)]}
+        tasks = load_tasks(str(args.episodes), args.seed, args.split) if args.episodes else []
+        suffix = "" if args.split == "test" else f"_{args.split}"   # test's files keep their names
+        results = {"start": [evaluate_run(args.model, out / f"start{suffix}.json", samples, tasks, args)]}
         for entry in args.compare:
             name, sep, model_dir = entry.partition("=")
             if not sep or name in names or name == "start":
@@ -277,13 +287,13 @@ def main(argv: list[str] | None = None) -> int:
             if mode not in ("", "on", "off"):
                 raise BadInput(f"--compare {entry!r}: after @ comes on or off (the prompt's thinking mode)")
             thinking = None if not mode else mode == "on"
-            results[name] = [evaluate_run(model_dir, out / f"{name}.json", samples, tasks, args, thinking)]
+            results[name] = [evaluate_run(model_dir, out / f"{name}{suffix}.json", samples, tasks, args, thinking)]
         results.update({name: [] for name in names})
         for seed in args.seeds:   # seed by seed: a run cut short still has every configuration at its first seeds
             for name, flags in configs:
                 run_dir = out / name / f"seed{seed}"
                 train(run_dir, args, flags, seed)
-                result = evaluate_run(str(run_dir), run_dir / "eval.json", samples, tasks, args)
+                result = evaluate_run(str(run_dir), run_dir / f"eval{suffix}.json", samples, tasks, args)
                 results[name].append({**result, "training": training_summary(run_dir)})
         metrics = METRICS + (("episode", "violations") if tasks else ())
         baseline = args.baseline or names[0]
@@ -291,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             raise BadInput(f"--baseline {baseline}: not a row ({', '.join(results)})")
         text, rows = table(results, baseline, metrics)
         command = "python experiment.py " + shlex.join(argv)
-        (out / "table.md").write_text(f"{command}\n\n{text}\n")
-        write_json_atomic(out / "table.json", {"command": command, "rows": rows})
+        (out / f"table{suffix}.md").write_text(f"{command}\n\n{text}\n")
+        write_json_atomic(out / f"table{suffix}.json", {"command": command, "rows": rows})
         print(text)
     return run_cli(body)
 

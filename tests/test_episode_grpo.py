@@ -17,10 +17,12 @@ from worlds import RETAIL, retail_world
 def test_training_tasks_are_of_training_users_and_never_of_an_evaluation_user():
     import random
     _, train_users, test_users = retail_world(random.Random(0))
-    train, held_out = make_tasks(60, split="train"), make_tasks(60)
-    assert {t.user_id for t in train} <= {u["user_id"] for u in train_users}
+    train, val, held_out = make_tasks(60, split="train"), make_tasks(60, split="val"), make_tasks(60)
+    assert {t.user_id for t in train + val} <= {u["user_id"] for u in train_users}
     assert {t.user_id for t in held_out} <= {u["user_id"] for u in test_users}
-    assert not {t.task_id for t in train} & {t.task_id for t in held_out}   # distinct ids: distinct user seeds
+    ids = [{t.task_id for t in tasks} for tasks in (train, val, held_out)]
+    assert sum(map(len, ids)) == len(set().union(*ids)) == 180   # distinct ids: distinct user seeds
+    assert [t.requests for t in val] != [t.requests for t in train]   # drawn apart from the training tasks
 
 
 def test_episode_reward_by_hand():

@@ -95,6 +95,24 @@ def test_an_evaluation_of_other_turns_is_made_again_and_the_same_one_reused(tmp_
     assert (out / "start.json").stat().st_mtime_ns == stamp and "again" not in capsys.readouterr().err
 
 
+def test_the_validation_split_is_evaluated_beside_the_held_out_one_and_leaves_it_as_it_was(tmp_path, demo_dir,
+                                                                                          monkeypatch):
+    fake_training(monkeypatch)
+    import data
+    monkeypatch.setattr(data, "DEMO_DIR", demo_dir)   # demo:test and demo:val read the session's demo files
+    out = tmp_path / "x"
+    common = ["--model", "tiny-random", "--limit", "2", "--out", str(out), "--seeds", "0", "--configs", "paper",
+              "--episodes", "2", "--trials", "1"]
+    assert experiment.main(common) == 0
+    held_out = {f: (out / f).read_bytes() for f in ("start.json", "paper/seed0/eval.json", "table.json")}
+    assert experiment.main(common + ["--split", "val"]) == 0
+    assert {f: (out / f).read_bytes() for f in held_out} == held_out
+    val = json.loads((out / "paper" / "seed0" / "eval_val.json").read_text())
+    assert val["made_with"]["eval_data"] == "demo:val" and val["made_with"]["episode_split"] == "val"
+    assert json.loads((out / "paper" / "seed0" / "eval.json").read_text())["made_with"]["eval_data"] == "demo:test"
+    assert set(json.loads((out / "table_val.json").read_text())["rows"]) == {"start", "paper"}
+
+
 def test_training_summary_by_hand(tmp_path):
     """12 episode steps: half of the groups informative at odd steps, all at even ones (mean 0.75); 100 new tokens a
     step (1,200); task success 0, 0.1, ..., 1.1 -> first 10 steps 0.45, last 10 (steps 3-12) 0.65; an evaluation line
