@@ -175,6 +175,9 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
       decode      R rows continuing that prompt (sampling.generate), rate = R x 40 / (t(48 new) - t(8 new)); a step:
                   2 N R + attention_flops(R, P + 28) FLOPs; the weights' bytes + the prompt's KV cache (read once,
                   cascade attention) + the rows' own 28 tokens each (the mean over new tokens 8 to 48)
+      decode, held-out-shaped   R prompts x G = 1 (a batch of evaluation's turns): S = 0.864 prompt_len tokens
+                  shared by all (the system prompt and tools), each prompt then its own ~0.14 prompt_len: as decode,
+                  the shared tokens' KV read once and each prompt's rest once
       reference   one T = train_tokens sequence, no grad (the reference's and old policy's log-probs): as prefill
       update      the same sequence, forward and backward, every weight trained (full fine-tuning): 3x the
                   forward's FLOPs (6 N T + 3 attention_flops), the weights read three times
@@ -216,15 +219,22 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
     prefill_s = timed(lambda: forward(torch.tensor([prompt])), repeat=2)
     reference_s = timed(lambda: forward(sequence), repeat=2)
 
-    def decode(new: int) -> float:
+    shared = prompt[:prompt_len * 864 // 1000]
+    held_out = [shared + torch.randint(100, len(tok) - 100, (prompt_len - len(shared) - rows // 2 + i,),
+                                       generator=g).tolist() for i in range(rows)]   # rests of mean ~0.136 prompt_len
+
+    def decode(new: int, prompts: list[list[int]]) -> float:
+        group = rows // len(prompts)
         noise = sampling_noise(rows, new, torch.Generator().manual_seed(1))
         t0 = time.perf_counter()
         with autocast(precision, "cpu"):
-            generate(model, [prompt], eos_ids=[-1], pad_id=tok.pad_token_id, group_size=rows, max_new_tokens=new,
+            generate(model, prompts, eos_ids=[-1], pad_id=tok.pad_token_id, group_size=group, max_new_tokens=new,
                      temperature=1.0, noise=noise)
         return time.perf_counter() - t0
-    decode(4)
-    step_s = (decode(48) - decode(8)) / 40
+    decode(4, [prompt])
+    step_s = (decode(48, [prompt]) - decode(8, [prompt])) / 40
+    held_out_s = (decode(48, held_out) - decode(8, held_out)) / 40
+    rest_tokens = sum(len(p) - len(shared) for p in held_out)
     print(f"  {'phase':34s} {'achieved':>15s}  {'':>15s}  {'':>11s}   {'bound at ' + precision:>20s}  fraction")
     print(roofline_line(f"prefill, {prompt_len} tokens", prefill_s,
                         2 * n * prompt_len + attention_flops(cfg, prompt_len, prompt_len / 2), weight_bytes, rate,
@@ -233,6 +243,10 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
                         2 * n * rows + attention_flops(cfg, rows, prompt_len + 28),
                         weight_bytes + kv_bytes(cfg, prompt_len + rows * 28, element), rate, bandwidth, "tok/s",
                         rows))
+    print(roofline_line(f"decode, {rows} held-out-shaped prompts", held_out_s,
+                        2 * n * rows + attention_flops(cfg, rows, len(shared) + rest_tokens / rows + 28),
+                        weight_bytes + kv_bytes(cfg, len(shared) + rest_tokens + rows * 28, element), rate, bandwidth,
+                        "tok/s", rows))
     print(roofline_line(f"reference forward, {train_tokens} tokens", reference_s,
                         2 * n * train_tokens + attention_flops(cfg, train_tokens, train_tokens / 2), weight_bytes,
                         rate, bandwidth, "tok/s", train_tokens))

@@ -185,9 +185,11 @@ def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id:
     keep = prefixes is not None   # the caller keeps each prompt's own cache (an episode's next turn reuses it)
     prefixes = prefixes if keep else [None] * len(prompts)
     common = common_prefix(prompts) if share_prefix and len(prompts) > 1 else []
+    shared_length = 0   # when every prompt reuses the shared prefix, decoding reads its cache once for all rows
     if len(common) >= MIN_SHARED_PREFIX:
         shared = prefill(model, common)
         prefixes = [q if reusable(p, q) >= len(common) else shared for p, q in zip(prompts, prefixes)]
+        shared_length = len(common) if all(q is shared for q in prefixes) else 0
     reused = [reusable(p, q) for p, q in zip(prompts, prefixes)]
     width = max(reused)
     rest_ids, rest_mask = left_pad([p[n:] for p, n in zip(prompts, reused)], pad_id)
@@ -208,7 +210,7 @@ def generate_groups(model, prompts: list[list[int]], eos_ids: list[int], pad_id:
     logits, pos = out.logits[:, -1].repeat_interleave(group_size, 0), pos[:, -1].repeat_interleave(group_size, 0)
     prompt_ids, prompt_mask = (x.to(device).repeat_interleave(group_size, 0) for x in left_pad(prompts, pad_id))
     batch = prompt_ids.shape[0]
-    decoder = Decoder(model, cache, mask.bool(), group_size, max_new_tokens)   # row i continues prompt i // G
+    decoder = Decoder(model, cache, mask.bool(), group_size, max_new_tokens, shared_length)   # row i: prompt i // G
     tokens, logprobs, done = [], [], torch.zeros(batch, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
         token = next_token(logits, temperature, top_p, None if noise is None else noise[:, t])
@@ -255,13 +257,15 @@ class Decoder:
         of smollm2 at 16 rows in 26 ms unfused, 21 ms fused, 15.5 ms fused and reordered, the same products bit for
         bit (docs/scaling.md#roofline);
       - each activation cast to the compute dtype once, where autocast casts it for each product;
-      - the prompts' KV cache read once per step for all G rows of a prompt (cascade_attention), each row's own new
-        tokens in a buffer written in place.
+      - the prompts' KV cache read once per step for all G rows of a prompt, and the tokens every prompt starts with
+        (`shared`, the system prompt and tools of a batch of held-out turns) once for all rows (cascade_attention);
+        each row's own new tokens in a buffer written in place.
     The prepared weights are copies while the chunk decodes (the concatenated and reordered ones, up to the weights'
     own bytes) and take ~0.12 s to make for smollm2, against ~50 ms a decoding step.
     """
 
-    def __init__(self, model, prompt_cache: DynamicCache, prompt_mask: torch.Tensor, group_size: int, capacity: int):
+    def __init__(self, model, prompt_cache: DynamicCache, prompt_mask: torch.Tensor, group_size: int, capacity: int,
+                 shared: int = 0):
         config = model.config
         if config.model_type not in DECODER_MODEL_TYPES or getattr(config, "use_sliding_window", False):
             raise ValueError(f"sampling.Decoder writes out the layers of {', '.join(DECODER_MODEL_TYPES)} (full "
@@ -282,11 +286,19 @@ class Decoder:
                         self.weight([layer.mlp.down_proj], rows)) for layer in self.body.layers]
         self.head = self.weight([model.get_output_embeddings()], rows)
         self.fused = device.type == "cpu"   # prompt_attention's flash kernel: torch has it for the CPU
-        self.prompt_keys = [layer.keys.to(self.dtype) for layer in prompt_cache.layers]      # one dtype, as the
-        self.prompt_values = [layer.values.to(self.dtype) for layer in prompt_cache.layers]  # kernel takes them
-        self.prompt_bias = None if prompt_mask.all() else torch.zeros(prompt_mask.shape, device=device).masked_fill(
-            ~prompt_mask, float("-inf"))[:, None, None, :]
-        self.group_size = group_size
+        # per layer, the cascade's levels of prompt keys, each (keys, values, bias) in one dtype as the kernel takes
+        # them: the first `shared` positions (the same tokens in every prompt: row 0's copy) as one block for all
+        # rows, then each prompt's rest for its G rows
+        rest = prompt_mask[:, shared:]
+        bias = None if rest.all() else torch.zeros(rest.shape, device=device).masked_fill(
+            ~rest, float("-inf"))[:, None, None, :]
+        self.levels = []
+        for layer in prompt_cache.layers:
+            keys, values = layer.keys.to(self.dtype), layer.values.to(self.dtype)
+            level = [(keys[:, :, shared:].contiguous(), values[:, :, shared:].contiguous(), bias)]
+            if shared:
+                level.insert(0, (keys[:1, :, :shared].contiguous(), values[:1, :, :shared].contiguous(), None))
+            self.levels.append(level)
         shape = (rows, config.num_key_value_heads, capacity, self.head_dim)   # keys in fp32 as RoPE leaves them,
         self.own_keys = [torch.empty(shape, device=device) for _ in self.body.layers]   # values as v_proj's
         self.own_values = [torch.empty(shape, device=device, dtype=self.dtype) for _ in self.body.layers]
@@ -329,8 +341,7 @@ class Decoder:
                 q, k = rope(torch.cat([q, k], 1), cos, sin).split([q.shape[1], k.shape[1]], 1)   # RoPE on both
                 self.own_keys[i][:, :, t], self.own_values[i][:, :, t] = k, v
                 out = cascade_attention(q.float(), self.own_keys[i][:, :, :t + 1],
-                                        self.own_values[i][:, :, :t + 1].float(), self.prompt_keys[i],
-                                        self.prompt_values[i], self.prompt_bias, self.group_size, attn.scaling,
+                                        self.own_values[i][:, :, :t + 1].float(), self.levels[i], attn.scaling,
                                         self.fused)
                 h = h + self.linear(out.reshape(len(h), -1).to(self.dtype), o)
                 gate, up = self.linear(layer.post_attention_layernorm(h).to(self.dtype), gate_up).chunk(2, -1)
@@ -346,32 +357,46 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 def cascade_attention(query: torch.Tensor, own_keys: torch.Tensor, own_values: torch.Tensor,
-                      prompt_keys: torch.Tensor, prompt_values: torch.Tensor, prompt_bias: torch.Tensor | None,
-                      group_size: int, scaling: float, fused: bool) -> torch.Tensor:
+                      levels: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], scaling: float,
+                      fused: bool) -> torch.Tensor:
     """One decoding step's attention for rows that continue shared prompts: query [rows, heads, d], the rows' own new
-    tokens so far [rows, kv heads, t, d], the prompts' keys and values [prompts, kv heads, P, d] (left-padded;
-    prompt_bias [prompts, 1, 1, P] 0 on real tokens and -inf on the padding, None when there is none); rows
-    i G .. i G + G - 1 continue prompt i. Returns [rows, heads, d] in fp32.
+    tokens so far [rows, kv heads, t, d], and the prompts' keys in levels, each (keys, values, bias): keys and values
+    [B, kv heads, L, d] whose block b is read by the rows / B consecutive rows b rows / B .. (b + 1) rows / B - 1
+    (the tokens all rows share: B = 1; each prompt's tokens, read by its G rows: B = prompts), bias [B, 1, 1, L] 0 on
+    real tokens and -inf on padding (None when there is none). Returns [rows, heads, d] in fp32.
 
-    Row r of prompt p attends to its prompt's P keys and its own t keys, o = softmax([s_p, s_r]) [V_p; V_r] with
-    s_p = scaling q_r K_p^T + bias_p and s_r = scaling q_r K_r^T. Computed as two attentions merged by their
-    log-sum-exps l_p = log sum exp s_p and l_r (FlashInfer's cascade merge):
-        o = w o_p + (1 - w) o_r,   w = e^l_p / (e^l_p + e^l_r) = sigmoid(l_p - l_r)
-    The G rows of a prompt (and the rep query heads that share a kv head, GQA) are stacked as G x rep queries of one
-    attention over the prompt (prompt_attention), so a step reads the prompt's cache once, not G times.
+    Row r attends to the keys of its block in every level and to its own t keys, o = softmax([s_1, .., s_n, s_r])
+    [V_1; ..; V_n; V_r] with s_j = scaling q_r K_j^T + bias_j. Computed as one attention per level merged by their
+    log-sum-exps l_j = log sum exp s_j (FlashInfer's cascade merge):
+        o = sum_j w_j o_j,   w_j = e^l_j / sum_k e^l_k,
+    one level at a time: two parts (o_a, l_a) and (o_b, l_b) are one with o = w o_a + (1 - w) o_b,
+    w = sigmoid(l_a - l_b), and l = log(e^l_a + e^l_b). Each level's rows (and the rep query heads that share a kv head, GQA) are
+    stacked as the queries of one attention per block (level_attention), so a step reads each block once.
     """
     rows, heads, dim = query.shape
-    kv, G = own_keys.shape[1], group_size
-    rep, P = heads // kv, rows // G
-    own = query.reshape(rows, kv, rep, dim)
-    stacked = own.reshape(P, G, kv, rep, dim).transpose(1, 2).reshape(P, kv, G * rep, dim)     # [P, kv, G rep, d]
-    on_prompt, prompt_lse = prompt_attention(stacked, prompt_keys, prompt_values, prompt_bias, scaling, fused)
-    on_prompt = on_prompt.view(P, kv, G, rep, dim).transpose(1, 2).reshape(rows, kv, rep, dim)
-    prompt_lse = prompt_lse.view(P, kv, G, rep).transpose(1, 2).reshape(rows, kv, rep, 1)
-    scores = own @ own_keys.transpose(-1, -2) * scaling                                     # [rows, kv, rep, t]
-    own_lse = scores.logsumexp(-1, keepdim=True)
-    w = torch.sigmoid(prompt_lse - own_lse)
-    return (w * on_prompt + (1 - w) * (torch.softmax(scores, -1) @ own_values)).reshape(rows, heads, dim)
+    own = query.reshape(rows, own_keys.shape[1], heads // own_keys.shape[1], dim)                 # [rows, kv, rep, d]
+    scores = own @ own_keys.transpose(-1, -2) * scaling                                          # [rows, kv, rep, t]
+    out, lse = torch.softmax(scores, -1) @ own_values, scores.logsumexp(-1, keepdim=True)
+    for j, (keys, values, bias) in enumerate(levels):   # one level at a time: the parts so far are one, with lse l
+        level_out, level_lse = level_attention(own, keys, values, bias, scaling, fused)
+        w = torch.sigmoid(level_lse - lse)
+        out = w * level_out + (1 - w) * out
+        lse = torch.logaddexp(level_lse, lse) if j + 1 < len(levels) else None   # the last level's is not needed
+    return out.reshape(rows, heads, dim)
+
+
+def level_attention(own: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
+                    scaling: float, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One level of cascade_attention: queries own [rows, kv, rep, d], block b of keys / values [B, kv, L, d] read by
+    rows b G .. b G + G - 1 (G = rows / B), stacked as G x rep queries of one attention (prompt_attention). Returns
+    each row's output [rows, kv, rep, d] and log-sum-exp [rows, kv, rep, 1]."""
+    rows, kv, rep, dim = own.shape
+    B = keys.shape[0]
+    G = rows // B
+    stacked = own.reshape(B, G, kv, rep, dim).transpose(1, 2).reshape(B, kv, G * rep, dim)          # [B, kv, G rep, d]
+    out, lse = prompt_attention(stacked, keys, values, bias, scaling, fused)
+    return (out.view(B, kv, G, rep, dim).transpose(1, 2).reshape(rows, kv, rep, dim),
+            lse.view(B, kv, G, rep).transpose(1, 2).reshape(rows, kv, rep, 1))
 
 
 def prompt_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,

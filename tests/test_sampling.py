@@ -246,26 +246,30 @@ def test_a_prefix_shared_by_every_prompt_is_computed_once_and_changes_no_complet
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_cascade_attention_is_softmax_over_the_prompt_and_the_rows_own_tokens(fused):
-    """Two prompts (one left-padded by 2) x G = 3 rows, 4 query heads on 2 kv heads (GQA): the cascade's merged output
-    equals, row by row, attention over the concatenation [its prompt's real tokens, its own tokens] computed directly
+@pytest.mark.parametrize("shared", [0, 5])
+def test_cascade_attention_is_softmax_over_the_prompt_and_the_rows_own_tokens(fused, shared):
+    """Two prompts (one left-padded by 2) x G = 3 rows, 4 query heads on 2 kv heads (GQA), with or without 5 tokens
+    before them that every row shares (a level of one block): the cascade's merged output equals, row by row,
+    attention over the concatenation [the shared tokens, its prompt's real tokens, its own tokens] computed directly
     in float64 (softmax(q k^T / sqrt(d)) v, query head h reading kv head h // 2)."""
     from sampling import cascade_attention
     g = torch.Generator().manual_seed(0)
     P, G, H, KV, d, L, t = 2, 3, 4, 2, 8, 6, 4
     q = torch.randn(P * G, H, d, generator=g)
     prompt_k, prompt_v = torch.randn(P, KV, L, d, generator=g), torch.randn(P, KV, L, d, generator=g)
+    shared_k, shared_v = torch.randn(1, KV, shared, d, generator=g), torch.randn(1, KV, shared, d, generator=g)
     own_k, own_v = torch.randn(P * G, KV, t, d, generator=g), torch.randn(P * G, KV, t, d, generator=g)
     mask = torch.ones(P, L, dtype=torch.bool)
     mask[1, :2] = False
     bias = torch.zeros(P, 1, 1, L).masked_fill(~mask[:, None, None, :], float("-inf"))
-    out = cascade_attention(q, own_k, own_v, prompt_k, prompt_v, bias, G, d ** -0.5, fused)
+    levels = [(shared_k, shared_v, None)] * bool(shared) + [(prompt_k, prompt_v, bias)]
+    out = cascade_attention(q, own_k, own_v, levels, d ** -0.5, fused)
     assert out.shape == (P * G, H, d)
     for r in range(P * G):
         p = r // G
         for h in range(H):
-            keys = torch.cat([prompt_k[p, h // 2][mask[p]], own_k[r, h // 2]]).double()
-            values = torch.cat([prompt_v[p, h // 2][mask[p]], own_v[r, h // 2]]).double()
+            keys = torch.cat([shared_k[0, h // 2], prompt_k[p, h // 2][mask[p]], own_k[r, h // 2]]).double()
+            values = torch.cat([shared_v[0, h // 2], prompt_v[p, h // 2][mask[p]], own_v[r, h // 2]]).double()
             weights = torch.softmax(keys @ q[r, h].double() / d ** 0.5, dim=0)
             assert torch.allclose(out[r, h].double(), weights @ values, atol=1e-6)
 
