@@ -361,17 +361,17 @@ def cascade_attention(query: torch.Tensor, own_keys: torch.Tensor, own_values: t
                       fused: bool) -> torch.Tensor:
     """One decoding step's attention for rows that continue shared prompts: query [rows, heads, d], the rows' own new
     tokens so far [rows, kv heads, t, d], and the prompts' keys in levels, each (keys, values, bias): keys and values
-    [B, kv heads, L, d] whose block b is read by the rows / B consecutive rows b rows / B .. (b + 1) rows / B - 1
-    (the tokens all rows share: B = 1; each prompt's tokens, read by its G rows: B = prompts), bias [B, 1, 1, L] 0 on
-    real tokens and -inf on padding (None when there is none). Returns [rows, heads, d] in fp32.
+    [B, kv heads, L, d], block b read by the G = rows / B rows b G .. b G + G - 1 (B = 1: tokens every row shares;
+    B = prompts: each prompt's tokens, read by its G rows), bias [B, 1, 1, L] 0 on real tokens and -inf on padding
+    (None when there is none). Returns [rows, heads, d] in fp32.
 
     Row r attends to the keys of its block in every level and to its own t keys, o = softmax([s_1, .., s_n, s_r])
     [V_1; ..; V_n; V_r] with s_j = scaling q_r K_j^T + bias_j. Computed as one attention per level merged by their
     log-sum-exps l_j = log sum exp s_j (FlashInfer's cascade merge):
         o = sum_j w_j o_j,   w_j = e^l_j / sum_k e^l_k,
     one level at a time: two parts (o_a, l_a) and (o_b, l_b) are one with o = w o_a + (1 - w) o_b,
-    w = sigmoid(l_a - l_b), and l = log(e^l_a + e^l_b). Each level's rows (and the rep query heads that share a kv head, GQA) are
-    stacked as the queries of one attention per block (level_attention), so a step reads each block once.
+    w = sigmoid(l_a - l_b), and l = log(e^l_a + e^l_b). A block's rows (and the rep query heads that share a kv head,
+    GQA) are stacked as the queries of one attention (level_attention), so a step reads each block once.
     """
     rows, heads, dim = query.shape
     own = query.reshape(rows, own_keys.shape[1], heads // own_keys.shape[1], dim)                 # [rows, kv, rep, d]
