@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                    "test (held-out users: to report) or val (the training users' validation conversations and "
                    "episode tasks: to choose a configuration on); val's evaluations and table are written beside "
                    "test's with a _val suffix")
-    p.add_argument("--eval-data", help="the turn samples (default: demo:test, with --split val demo:val)")
+    p.add_argument("--eval-data", help="the turn samples; when not given, demo:test (with --split val demo:val)")
     p.add_argument("--limit", type=int, help="evaluate the first N held-out turns only")
     p.add_argument("--max-new-tokens", type=int, help="evaluation: tokens per completion at most (default: "
                    "eval.SCALE_DEFAULTS)")
