@@ -287,10 +287,11 @@ class Decoder:
         self.head = self.weight([model.get_output_embeddings()], rows)
         self.fused = device.type == "cpu"   # prompt_attention's flash kernel: torch has it for the CPU
         # per layer, the cascade's levels of prompt keys, each (keys, values, bias) in one dtype as the kernel takes
-        # them: the first `shared` positions (the same tokens in every prompt: row 0's copy) as one block for all
-        # rows, then each prompt's rest for its G rows
+        # them (the bias's 0 and -inf are exact in any dtype, so it is made in that one once, not cast every step):
+        # the first `shared` positions (the same tokens in every prompt: row 0's copy) as one block for all rows, then
+        # each prompt's rest for its G rows
         rest = prompt_mask[:, shared:]
-        bias = None if rest.all() else torch.zeros(rest.shape, device=device).masked_fill(
+        bias = None if rest.all() else torch.zeros(rest.shape, device=device, dtype=self.dtype).masked_fill(
             ~rest, float("-inf"))[:, None, None, :]
         self.levels = []
         for layer in prompt_cache.layers:
