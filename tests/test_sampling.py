@@ -245,23 +245,26 @@ def test_a_prefix_shared_by_every_prompt_is_computed_once_and_changes_no_complet
         assert torch.allclose(alone.logprobs, shared.logprobs, atol=1e-5)
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("fused, prompt_dtype", [(True, torch.float32), (False, torch.float32),
+                                                  (False, torch.bfloat16)])
 @pytest.mark.parametrize("shared", [0, 5])
-def test_cascade_attention_is_softmax_over_the_prompt_and_the_rows_own_tokens(fused, shared):
+def test_cascade_attention_is_softmax_over_the_prompt_and_the_rows_own_tokens(fused, prompt_dtype, shared):
     """Two prompts (one left-padded by 2) x G = 3 rows, 4 query heads on 2 kv heads (GQA), with or without 5 tokens
     before them that every row shares (a level of one block): the cascade's merged output equals, row by row,
     attention over the concatenation [the shared tokens, its prompt's real tokens, its own tokens] computed directly
-    in float64 (softmax(q k^T / sqrt(d)) v, query head h reading kv head h // 2)."""
+    in float64 (softmax(q k^T / sqrt(d)) v, query head h reading kv head h // 2). bf16: the prompt's keys, values and
+    padding bias stored in bf16 as Decoder stores them under bf16, read by the written-out products a GPU runs (the
+    reference takes the same bf16 values, so only fp32 rounding separates the two)."""
     from sampling import cascade_attention
     g = torch.Generator().manual_seed(0)
     P, G, H, KV, d, L, t = 2, 3, 4, 2, 8, 6, 4
     q = torch.randn(P * G, H, d, generator=g)
-    prompt_k, prompt_v = torch.randn(P, KV, L, d, generator=g), torch.randn(P, KV, L, d, generator=g)
-    shared_k, shared_v = torch.randn(1, KV, shared, d, generator=g), torch.randn(1, KV, shared, d, generator=g)
+    prompt_k, prompt_v = (torch.randn(P, KV, L, d, generator=g).to(prompt_dtype) for _ in range(2))
+    shared_k, shared_v = (torch.randn(1, KV, shared, d, generator=g).to(prompt_dtype) for _ in range(2))
     own_k, own_v = torch.randn(P * G, KV, t, d, generator=g), torch.randn(P * G, KV, t, d, generator=g)
     mask = torch.ones(P, L, dtype=torch.bool)
     mask[1, :2] = False
-    bias = torch.zeros(P, 1, 1, L).masked_fill(~mask[:, None, None, :], float("-inf"))
+    bias = torch.zeros(P, 1, 1, L, dtype=prompt_dtype).masked_fill(~mask[:, None, None, :], float("-inf"))
     levels = [(shared_k, shared_v, None)] * bool(shared) + [(prompt_k, prompt_v, bias)]
     out = cascade_attention(q, own_k, own_v, levels, d ** -0.5, fused)
     assert out.shape == (P * G, H, d)
