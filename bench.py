@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -140,6 +141,18 @@ def matmul_weights(model) -> tuple[int, int]:
     return sum(w.numel() for w in linears), sum(w.numel() * w.element_size() for w in linears)
 
 
+def products_alone(model, tokens: int, dtype: torch.dtype) -> float:
+    """Seconds of an update's matrix products with nothing around them: for each nn.Linear (in -> out) of the model,
+    the forward x W^T and the backward's g W and g^T x at `tokens` rows (6 x in x out x tokens FLOPs), in `dtype`,
+    each shape timed once and counted as often as the model holds it. What this machine's kernels allow an update."""
+    shapes = Counter((m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear))
+    seconds = 0.0
+    for (fan_in, fan_out), count in shapes.items():
+        x, w, g = (torch.randn(*shape).to(dtype) for shape in ((tokens, fan_in), (fan_out, fan_in), (tokens, fan_out)))
+        seconds += count * timed(lambda: (x @ w.T, g @ w, g.T @ x))
+    return seconds
+
+
 def head_dim(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
@@ -181,6 +194,8 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
       reference   one T = train_tokens sequence, no grad (the reference's and old policy's log-probs): as prefill
       update      the same sequence, forward and backward, every weight trained (full fine-tuning): 3x the
                   forward's FLOPs (6 N T + 3 attention_flops), the weights read three times
+      products    the update's matrix products alone (products_alone: 6 N T FLOPs): the fraction the update could
+                  reach if nothing but its products took time
 
     Decoding and the no-grad passes use the weights as evaluation stores them (model.for_inference: bf16 under bf16);
     the update keeps fp32 weights under autocast, as the training runs do."""
@@ -207,6 +222,7 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
         for p in params:
             p.grad = None
     update_s = timed(update, repeat=2)
+    products_s = products_alone(trained, train_tokens, torch.bfloat16 if precision == "bf16" else torch.float32)
     del trained, params
 
     model = for_inference(model.eval(), precision)
@@ -253,6 +269,8 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
     print(roofline_line(f"update (fwd + bwd), {train_tokens} tokens", update_s,
                         3 * (2 * n * train_tokens + attention_flops(cfg, train_tokens, train_tokens / 2)),
                         3 * fp32_bytes, rate, bandwidth, "tok/s", train_tokens))
+    print(roofline_line(f"  its products alone", products_s, 6 * n * train_tokens, 3 * weight_bytes, rate, bandwidth,
+                        "tok/s", train_tokens))
 
 
 PARTS = ("roofline", "generation", "prefix-cache", "episode-cache", "sft", "grpo-step")
@@ -463,14 +481,19 @@ LOGIT_CHUNK = 1024   # grpo.token_logprobs puts this many completion tokens thro
 
 
 def phase_memory(cfg: dict, n_params: int, n_lora: int, prompt_len: int, prompts: int, group: int, new_tokens: int,
-                 rollout_batch: int, micro_batch: int, weight_bytes: int = 4, shared_prefill: bool = True
-                 ) -> dict[str, dict[str, float]]:
+                 rollout_batch: int, micro_batch: int, weight_bytes: int = 4, shared_prefill: bool = True,
+                 bf16_bases: bool = True, reordered: bool = False) -> dict[str, dict[str, float]]:
     """Bytes held at the peak of each phase of a LoRA GRPO step under bf16 autocast with gradient checkpointing,
-    h = hidden, I = MLP width, L = layers, V = vocabulary, P / T = prompt / new tokens:
+    h = hidden, I = MLP width, L = layers, V = vocabulary, P / T = prompt / new tokens, N_b = the decoder layers'
+    linear weights (LoRA's frozen bases):
 
-      resident   weights (weight_bytes x params: fp32 here, 2 for the old bf16 storage) + LoRA params, grads
-                 and two AdamW moments (16 B per adapter parameter)
-      rollout    KV cache: rows x (P + T) x 2 L kv_heads head_dim x 2 B (bf16), rows = --rollout-batch;
+      resident   weights: weight_bytes x params (fp32 here, 2 for the old bf16 storage), the bases 2 B each where
+                 bf16_bases (a bf16 checkpoint: lora.store_bases); the rollouts' sampling copy, 2 B x (N_b + V h)
+                 (its merged linear weights and untied head in bf16; the embedding and norms are the policy's, not
+                 copied: model.sampling_copy); LoRA params, grads and two AdamW moments (16 B per adapter parameter)
+      rollout    the decoding steps' prepared weights (sampling.Decoder): q|k|v and gate|up concatenated, 2 B x L (h
+                 (q + 2 kv) + 2 h I); where oneDNN's layout is used (a CPU, `reordered`), every product's, 2 B x
+                 (N_b + V h); KV cache: rows x (P + T) x 2 L kv_heads head_dim x 2 B (bf16), rows = --rollout-batch;
                  prefill of the chunk's prompts (once per prompt, or G times without sharing), one layer at a
                  time: tokens x (3 I x 2 B + 4 h x 4 B) (SwiGLU's gate, up, product; fp32 residual and norm);
                  the LM head cast to bf16 (V h x 2 B); next-token logits and probabilities, rows x V x 4 B x 2
@@ -489,12 +512,17 @@ def phase_memory(cfg: dict, n_params: int, n_lora: int, prompt_len: int, prompts
 
     def layer_transient(tokens: int) -> float:
         return tokens * (3 * inter * 2 + 4 * h * 4)
+    q, kv = cfg["num_attention_heads"] * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"]
+    bases = layers * (h * (q + 2 * kv) + q * h + 3 * h * inter)
+    weights = weight_bytes * n_params - (weight_bytes - 2) * bases * bf16_bases
+    prepared = 2 * (bases + vocab * h if reordered else layers * (h * (q + 2 * kv) + 2 * h * inter))
     rows = min(rollout_batch, prompts * group)
     prefill_tokens = (rows // group if shared_prefill else rows) * prompt_len
     seq = micro_batch * (prompt_len + new_tokens)
     return {
-        "resident": {"weights": weight_bytes * n_params, "LoRA + grads + AdamW": 16 * n_lora},
-        "rollout": {"KV cache": rows * (prompt_len + new_tokens) * kv_per_token,
+        "resident": {"weights": weights, "sampling copy": 2 * (bases + vocab * h), "LoRA + grads + AdamW": 16 * n_lora},
+        "rollout": {"prepared weights": prepared,
+                    "KV cache": rows * (prompt_len + new_tokens) * kv_per_token,
                     "prefill": layer_transient(prefill_tokens), "head cast": head_cast,
                     "next-token logits": rows * vocab * 4 * 2},
         "reference": {"layer": layer_transient(seq), "logits": min(micro_batch * new_tokens, LOGIT_CHUNK) * vocab * 6,
@@ -571,8 +599,8 @@ def bench_1_7b(tokenizer_dir: str | None, prompt_lens: list[int], measure_lens: 
     n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"# Qwen3-1.7B ({n_params / 1e9:.2f} B parameters, LoRA r16 {n_lora / 1e6:.1f} M), GRPO step of "
           f"{RECIPE['prompts']} prompts x G={RECIPE['group']}, {RECIPE['new_tokens']} new tokens, --rollout-batch "
-          f"{RECIPE['rollout_batch']}, --micro-batch {RECIPE['micro_batch']}; bf16 autocast, fp32 weights, "
-          f"gradient checkpointing. Analytic peak memory, GiB:")
+          f"{RECIPE['rollout_batch']}, --micro-batch {RECIPE['micro_batch']}; bf16 autocast, fp32 weights but the "
+          f"LoRA bases (bf16 values: bf16), a bf16 sampling copy, gradient checkpointing. Analytic peak memory, GiB:")
     print(f"{'prompt':>7} {'resident':>9} {'rollout':>8} {'reference':>10} {'update':>7} {'peak':>6}   "
           f"before (bf16 weights, all rows at once, G prefills)")
     for p in prompt_lens:
@@ -580,7 +608,8 @@ def bench_1_7b(tokenizer_dir: str | None, prompt_lens: list[int], measure_lens: 
         old = phase_memory(QWEN3_1_7B, n_params, n_lora, p, **dict(RECIPE, rollout_batch=10**9, new_tokens=512,
                                                                    micro_batch=8), weight_bytes=2,
                            shared_prefill=False)
-        old_rollout = (sum(old["resident"].values()) + sum(old["rollout"].values())) / gib
+        old_rollout = (sum(old["resident"].values()) + sum(old["rollout"].values()) - old["resident"]["sampling copy"]
+                       - old["rollout"]["prepared weights"]) / gib   # that code sampled from the policy's forward
         peak = phases["resident"] + max(phases["rollout"], phases["reference"], phases["update"])
         print(f"{p:>7} {phases['resident']:9.1f} {phases['rollout']:8.1f} {phases['reference']:10.1f} "
               f"{phases['update']:7.1f} {peak:6.1f}   rollout {old_rollout:.1f} (512 new tokens, KV "
@@ -596,7 +625,7 @@ def bench_1_7b(tokenizer_dir: str | None, prompt_lens: list[int], measure_lens: 
           f"in its own process, peak RSS above the resident model, MiB")
     print(f"{'prompt':>7} {'phase':>10} {'predicted':>10} {'measured':>9} {'ratio':>6}")
     for p in measure_lens:
-        predicted = phase_memory(SMALL_QWEN3, small[1], small[2], p, **SMALL_RECIPE)
+        predicted = phase_memory(SMALL_QWEN3, small[1], small[2], p, **SMALL_RECIPE, reordered=True)
         for phase in ("rollout", "reference", "update"):
             out = subprocess.run([sys.executable, __file__, "--measure", phase, "--prompt-tokens", str(p)]
                                  + (["--tokenizer", tokenizer_dir] if tokenizer_dir else []),

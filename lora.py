@@ -3,8 +3,9 @@
     y = W x + (alpha / r) * B A x        A: [r, in] random, B: [out, r] zero, W frozen
 
 B = 0 at the start, so a fresh adapter leaves the model's outputs unchanged. The adapters are kept in
-float32 whatever the base dtype (small, and bf16 updates of tiny deltas underflow). With adapters
-disabled the model *is* the base model: that is GRPO's reference policy, with no second copy.
+float32 whatever the base dtype (small, and bf16 updates of tiny deltas underflow); the frozen base layers may be
+stored in the compute dtype (store_bases). With adapters disabled the model *is* the base model: that is GRPO's
+reference policy, with no second copy.
 On disk an adapter is a directory in PEFT's format (adapter_config.json + adapter_model.safetensors).
 """
 
@@ -70,10 +71,26 @@ def inject_lora(model: nn.Module, rank: int = 16, alpha: float = 32.0, dropout: 
     return wrapped
 
 
+def store_bases(model: nn.Module, dtype: torch.dtype) -> int:
+    """Each adapter's frozen base layer whose weights are `dtype` values (a checkpoint shipped in bf16, as Qwen3's
+    is, loaded in fp32) stored in `dtype`, which loses nothing; the adapters stay fp32. Under autocast to that dtype
+    the model then computes the same bits in less memory: autocast casts W at every product (and backward keeps that
+    cast copy for the input's gradient), a stored W is used as it is. Returns how many layers it stored. A base with
+    finer values is left in fp32: rounding it would change the model, its merge and what its adapter means."""
+    stored = 0
+    for layer in lora_layers(model).values():
+        if all(torch.equal(p, p.to(dtype).to(p.dtype)) for p in layer.base.parameters()):
+            layer.base.to(dtype)
+            stored += 1
+    return stored
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight (W <- W + (alpha / r) B A) and unwrap the layer."""
+    """Fold every adapter into its base weight (W <- W + (alpha / r) B A) in fp32, and unwrap the layer: a base
+    stored in bf16 (store_bases) becomes fp32 first, exactly, so that the sum is not rounded to bf16."""
     for name, layer in lora_layers(model).items():
         with torch.no_grad():
+            layer.base.float()
             layer.base.weight.copy_(layer.merged_weight())
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer.base)

@@ -163,11 +163,14 @@ def for_inference(model: torch.nn.Module, precision: str) -> torch.nn.Module:
 
 def sampling_copy(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """What a training run's rollouts sample from. fp32: the policy itself. bf16: a copy with each LoRA adapter merged
-    into its base weight, through for_inference (half the policy's fp32 bytes); refresh_sampling_copy before each
-    rollout keeps it the policy being trained."""
+    into its base weight, through for_inference (its linear weights in bf16); refresh_sampling_copy before each
+    rollout keeps it the policy being trained. The frozen weights that for_inference leaves as they are (under LoRA:
+    the embedding, the norms) are the policy's own tensors, not copies: 1.2 GB less for Qwen3-1.7B's embedding."""
     if precision != "bf16":
         return model
-    return for_inference(merge_lora(copy.deepcopy(model)), precision).eval()
+    frozen = {id(p): p for m in model.modules() if not isinstance(m, torch.nn.Linear)
+              for p in m.parameters(recurse=False) if not p.requires_grad}   # deepcopy keeps what its memo holds
+    return for_inference(merge_lora(copy.deepcopy(model, frozen)), precision).eval()
 
 
 def refresh_sampling_copy(sampler: torch.nn.Module, model: torch.nn.Module) -> None:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 import parallel
 from cli import BadInput, Stopped
-from lora import inject_lora, load_adapter, lora_layers, merge_lora, save_adapter
+from lora import inject_lora, load_adapter, lora_layers, merge_lora, save_adapter, store_bases
 from model import PRECISIONS, is_tiny, load, resolve_precision, save, staging_dir, trained_as
 
 ROLLOUTS = "rollouts.jsonl"   # grpo.py --log-rollouts: the sampled groups of a step (rollouts.py shows them)
@@ -135,11 +135,16 @@ def resolve_defaults(args: argparse.Namespace, table: dict[str, tuple], lr: dict
 # ----------------------------------------------------------------------------------------------
 def load_for_training(args: argparse.Namespace):
     """(model, tokenizer) of --model on --device, ready to train: fp32 weights (bf16 is only a compute precision,
-    see model.autocast), LoRA adapters under --lora-rank, and gradient checkpointing under --grad-checkpointing
+    see model.autocast), LoRA adapters under --lora-rank (under bf16, each frozen base layer stored in bf16 where
+    that loses nothing: the same bits, lora.store_bases), and gradient checkpointing under --grad-checkpointing
     (activations dominate memory on a real model; each decoder layer's are recomputed in backward)."""
     model, tokenizer = load(args.model, dtype=torch.float32, device=args.device)
     if args.lora_rank:
         inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout)
+        if args.precision == "bf16":
+            stored = store_bases(model, torch.bfloat16)
+            print(f"LoRA: {stored} of {len(lora_layers(model))} frozen base layers stored in bf16 (those whose "
+                  f"weights are bf16 values: the same bits, half the bytes)", file=sys.stderr)
     if args.grad_checkpointing == "on":
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     parallel.same_start(model)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import model as model_module
-from lora import inject_lora, lora_layers
+from lora import inject_lora, lora_layers, merge_lora, store_bases
 from model import autocast, for_inference, load, refresh_sampling_copy, resolve_precision, sampling_copy
 
 
@@ -75,6 +75,53 @@ def test_a_lora_policys_sampling_copy_holds_each_merged_weight_rounded_to_bf16()
         assert torch.equal(copied[name].weight, expected), name
     head = sampler.get_output_embeddings().weight
     assert torch.equal(head, policy.get_output_embeddings().weight.to(torch.bfloat16))
+    # the frozen embedding and norms are the policy's own tensors; the policy is left as it was: fp32, head tied
+    embedding = policy.get_input_embeddings().weight
+    assert sampler.get_input_embeddings().weight is embedding and embedding.dtype == torch.float32
+    assert sampler.model.norm.weight is policy.model.norm.weight
+    assert policy.get_output_embeddings().weight is embedding and head.data_ptr() != embedding.data_ptr()
+    assert all(layer.base.weight.dtype == torch.float32 for layer in layers.values())
+    full, _ = load("tiny-random")   # full fine-tuning: every weight trains, so each is the copy's own
+    assert sampling_copy(full, "bf16").get_input_embeddings().weight is not full.get_input_embeddings().weight
+
+
+def test_lora_bases_of_bf16_values_stored_in_bf16_compute_what_fp32_bases_compute_under_autocast():
+    """A base of bf16 values (a bf16 checkpoint read in fp32) with one layer of finer values: store_bases keeps that
+    layer in fp32 and stores the other 27 in bf16. Under bf16 autocast the stored model multiplies the same bf16
+    numbers as the fp32 one, so its logits and adapter gradients are the fp32-stored model's (tolerance 1e-5: only
+    for a kernel that would sum in another order; bases rounded to fp16 instead would move the logits by ~1e-2).
+    Merged, each weight is fp32 and equal to W + (alpha / r) B A of the fp32-stored model."""
+    net, _ = load("tiny-random")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(p.bfloat16())
+        finer = net.model.layers[0].self_attn.q_proj.weight
+        finer.add_(1e-4 * torch.randn(finer.shape, generator=torch.Generator().manual_seed(4)))
+    inject_lora(net, rank=4, alpha=8.0)
+    with torch.no_grad():
+        for layer in lora_layers(net).values():
+            layer.lora_B.normal_(0, 0.05, generator=torch.Generator().manual_seed(5))
+    stored = copy.deepcopy(net)
+    assert store_bases(stored, torch.bfloat16) == 27
+    dtypes = {name: layer.base.weight.dtype for name, layer in lora_layers(stored).items()}
+    assert dtypes.pop("model.layers.0.self_attn.q_proj") == torch.float32
+    assert set(dtypes.values()) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in stored.parameters() if p.requires_grad)   # the adapters
+    ids = torch.randint(5, 3000, (2, 24), generator=torch.Generator().manual_seed(6))
+
+    def logits_and_grads(m):
+        with autocast("bf16", "cpu"):
+            out = m(input_ids=ids).logits.float()
+        out.logsumexp(-1).sum().backward()
+        return out.detach(), [p.grad for p in m.parameters() if p.requires_grad]
+    (ours, our_grads), (theirs, their_grads) = logits_and_grads(stored), logits_and_grads(net)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(our_grads, their_grads))
+    expected = {name: (layer.base.weight + 2.0 * (layer.lora_B @ layer.lora_A)).detach()
+                for name, layer in lora_layers(net).items()}
+    merged = dict(merge_lora(stored).named_modules())
+    for name, weight in expected.items():
+        assert merged[name].weight.dtype == torch.float32 and torch.equal(merged[name].weight, weight), name
 
 
 def test_for_inference_leaves_an_fp32_model_alone_and_unties_the_head_under_bf16():

@@ -8,7 +8,7 @@ import torch
 import grpo
 import sft
 from lora import PEFT_PREFIX, inject_lora, load_adapter, lora_layers, save_adapter
-from model import eos_ids, load
+from model import eos_ids, load, save
 from sampling import generate, sampling_noise
 from toolcalls import parse_completion
 
@@ -25,15 +25,30 @@ def log_probs(model, ids):
         return model(ids).logits.float().log_softmax(-1)
 
 
-def test_saved_model_keeps_an_update_below_bf16_resolution(tmp_path, train_file, tiny_tokenizer):
+@pytest.fixture(scope="module")
+def bf16_valued_dir(tmp_path_factory):
+    """tiny-random with every weight rounded to bf16: a checkpoint shipped in bf16 (as Qwen3's is), read in fp32."""
+    net, tok = load("tiny-random")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(p.bfloat16())
+    return str(save(net, tok, tmp_path_factory.mktemp("bf16-valued") / "m"))
+
+
+@pytest.mark.parametrize("bf16_valued", [False, True])
+def test_saved_model_keeps_an_update_below_bf16_resolution(tmp_path, train_file, tiny_tokenizer, bf16_valued,
+                                                           bf16_valued_dir, capsys):
     """GPU settings (LoRA, --precision bf16): a few LoRA steps at a GRPO-sized learning rate, save, reload. The
-    reloaded model must compute what the model in training computed."""
+    reloaded model must compute what the model in training computed. On a base whose weights are bf16 values the run
+    stores its 28 frozen base layers in bf16 (lora.store_bases), and the merge must still be made in fp32."""
+    model = bf16_valued_dir if bf16_valued else "tiny-random"
     out = tmp_path / "o"
-    assert sft.main(["--mode", "base", "--model", "tiny-random", "--data", str(train_file), "--out", str(out),
+    assert sft.main(["--mode", "base", "--model", model, "--data", str(train_file), "--out", str(out),
                      "--lora-rank", "4", "--precision", "bf16", "--max-steps", "3", "--batch-size", "4",
                      "--lr", "2e-5", "--warmup", "1"]) == 0
-    base, _ = load("tiny-random")
-    trained, _ = load("tiny-random")
+    assert f"LoRA: {28 if bf16_valued else 0} of 28 frozen base layers stored in bf16" in capsys.readouterr().err
+    base, _ = load(model)
+    trained, _ = load(model)
     load_adapter(trained, out / "adapter")          # the model as it was in training: base + adapter, unmerged
     reloaded, _ = load(str(out))
     ids = torch.tensor([tiny_tokenizer("Hi! Where is my order #W1234567? My email is ava.smith42@example.com.")
