@@ -36,7 +36,7 @@ from data import load_turn_samples, prompt_ids, resolve_data
 from lora import inject_lora
 from model import autocast, eos_ids, for_inference, is_tiny, load, resolve_precision
 from rewards import RewardWeights, composite_reward
-from sampling import common_prefix, generate, sampling_noise
+from sampling import Decoder, common_prefix, generate, kv_cache, sampling_noise
 from sft import SCALE_DEFAULTS as SFT_SCALE_DEFAULTS, collate, encode_turn, sft_step
 from toolcalls import parse_completion
 
@@ -141,7 +141,7 @@ def matmul_weights(model) -> tuple[int, int]:
     return sum(w.numel() for w in linears), sum(w.numel() * w.element_size() for w in linears)
 
 
-def products_alone(model, tokens: int, dtype: torch.dtype) -> float:
+def update_products_alone(model, tokens: int, dtype: torch.dtype) -> float:
     """Seconds of an update's matrix products with nothing around them: for each nn.Linear (in -> out) of the model,
     the forward x W^T and the backward's g W and g^T x at `tokens` rows (6 x in x out x tokens FLOPs), in `dtype`,
     each shape timed once and counted as often as the model holds it. What this machine's kernels allow an update."""
@@ -151,6 +151,24 @@ def products_alone(model, tokens: int, dtype: torch.dtype) -> float:
         x, w, g = (torch.randn(*shape).to(dtype) for shape in ((tokens, fan_in), (fan_out, fan_in), (tokens, fan_out)))
         seconds += count * timed(lambda: (x @ w.T, g @ w, g.T @ x))
     return seconds
+
+
+def decode_products_alone(model, rows: int, precision: str) -> float:
+    """Seconds of one decoding step's matrix products with nothing around them: the weights as sampling.Decoder
+    prepares them (q|k|v and gate|up as one product each; oneDNN's layout on a CPU in bf16), each layer's four
+    products and the LM head's, at `rows` rows."""
+    cfg = model.config
+    with torch.no_grad(), autocast(precision, "cpu"):
+        cache = kv_cache(model, 1)
+        model(input_ids=torch.tensor([[1]]), cache=cache, use_cache=True, logits_to_keep=1)
+        decoder = Decoder(model, cache, torch.ones(1, 1, dtype=torch.bool), rows, 1)
+    width = {"qkv": cfg.hidden_size, "o": cfg.num_attention_heads * head_dim(cfg), "gate_up": cfg.hidden_size,
+             "down": cfg.intermediate_size}
+    inputs = {k: torch.randn(rows, n).to(decoder.dtype) for k, n in width.items()}
+    products = [(inputs[k], w) for layer in decoder.layers for k, w in zip(width, layer)] + [(inputs["qkv"],
+                                                                                            decoder.head)]
+    with torch.no_grad():
+        return timed(lambda: [decoder.linear(x, w) for x, w in products], repeat=10)
 
 
 def head_dim(cfg) -> int:
@@ -188,14 +206,15 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
       decode      R rows continuing that prompt (sampling.generate), rate = R x 40 / (t(48 new) - t(8 new)); a step:
                   2 N R + attention_flops(R, P + 28) FLOPs; the weights' bytes + the prompt's KV cache (read once,
                   cascade attention) + the rows' own 28 tokens each (the mean over new tokens 8 to 48)
+      products    (decode) its matrix products alone (decode_products_alone): 2 N R FLOPs, the weights' bytes
       decode, held-out-shaped   R prompts x G = 1 (a batch of evaluation's turns): S = 0.864 prompt_len tokens
                   shared by all (the system prompt and tools), each prompt then its own ~0.14 prompt_len: as decode,
                   the shared tokens' KV read once and each prompt's rest once
       reference   one T = train_tokens sequence, no grad (the reference's and old policy's log-probs): as prefill
       update      the same sequence, forward and backward, every weight trained (full fine-tuning): 3x the
                   forward's FLOPs (6 N T + 3 attention_flops), the weights read three times
-      products    the update's matrix products alone (products_alone: 6 N T FLOPs): the fraction the update could
-                  reach if nothing but its products took time
+      products    (update) its matrix products alone (update_products_alone: 6 N T FLOPs): the fraction the
+                  update could reach if nothing but its products took time
 
     Decoding and the no-grad passes use the weights as evaluation stores them (model.for_inference: bf16 under bf16);
     the update keeps fp32 weights under autocast, as the training runs do."""
@@ -222,7 +241,8 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
         for p in params:
             p.grad = None
     update_s = timed(update, repeat=2)
-    products_s = products_alone(trained, train_tokens, torch.bfloat16 if precision == "bf16" else torch.float32)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    products_s = update_products_alone(trained, train_tokens, dtype)
     del trained, params
 
     model = for_inference(model.eval(), precision)
@@ -250,6 +270,7 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
     decode(4, [prompt])
     step_s = (decode(48, [prompt]) - decode(8, [prompt])) / 40
     held_out_s = (decode(48, held_out) - decode(8, held_out)) / 40
+    decode_products_s = decode_products_alone(model, rows, precision)
     rest_tokens = sum(len(p) - len(shared) for p in held_out)
     print(f"  {'phase':34s} {'achieved':>15s}  {'':>15s}  {'':>11s}   {'bound at ' + precision:>20s}  fraction")
     print(roofline_line(f"prefill, {prompt_len} tokens", prefill_s,
@@ -259,6 +280,8 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
                         2 * n * rows + attention_flops(cfg, rows, prompt_len + 28),
                         weight_bytes + kv_bytes(cfg, prompt_len + rows * 28, element), rate, bandwidth, "tok/s",
                         rows))
+    print(roofline_line(f"  its products alone", decode_products_s, 2 * n * rows, weight_bytes, rate, bandwidth,
+                        "tok/s", rows))
     print(roofline_line(f"decode, {rows} held-out-shaped prompts", held_out_s,
                         2 * n * rows + attention_flops(cfg, rows, len(shared) + rest_tokens / rows + 28),
                         weight_bytes + kv_bytes(cfg, len(shared) + rest_tokens + rows * 28, element), rate, bandwidth,
