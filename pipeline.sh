@@ -56,7 +56,7 @@ else                          # the demo world: retail train / held-out / cold s
         # bf16, 11.5 GB in fp32), GRPO 40 steps at lr 5e-5, 128 new tokens (the demo's actions and traces fit; 1,024
         # is the real-model default), 400 held-out turns. Episodes only when asked (EPISODES=20: 20 tasks x 4 trials,
         # each episode's KV cache kept): vanilla alone had finished 3 of its 80 after 21 minutes at 17 GB resident,
-        # so they are not part of the 1.5-hour default. Stage times: docs/scaling.md.
+        # so they are not part of the 1.3-hour default. Stage times: docs/scaling.md.
         SFT_FLAGS=${SFT_FLAGS-"--max-steps 80 --batch-size 8 --grad-accum 1 --save-every 5"}
         COLD_FLAGS=${COLD_FLAGS-"--epochs 6 --replay-ratio 1 --batch-size 8 --grad-accum 1 --warmup 5 --save-every 10"}
         GRPO_FLAGS=${GRPO_FLAGS-"--steps 40 --lr 5e-5 --prompts-per-step 4 --group-size 4 --max-new-tokens 128 --save-every 5"}
