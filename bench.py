@@ -224,6 +224,7 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
           f"1024x576x1536 fp32 {gemm['fp32'] / 1e9:.0f} GFLOP/s, bf16 {gemm['bf16'] / 1e9:.0f} GFLOP/s; read "
           f"{bandwidth / 1e9:.1f} GB/s (a sum over 512 MB)")
     rate = gemm[precision]
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32   # the products' (autocast's, for_inference's)
     model, tok = load(model_name)
     cfg = model.config
     g = torch.Generator().manual_seed(0)
@@ -241,13 +242,11 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
         for p in params:
             p.grad = None
     update_s = timed(update, repeat=2)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     products_s = update_products_alone(trained, train_tokens, dtype)
     del trained, params
 
     model = for_inference(model.eval(), precision)
     n, weight_bytes = matmul_weights(model)
-    element = 2 if precision == "bf16" else 4
 
     def forward(ids):
         with torch.no_grad(), autocast(precision, "cpu"):
@@ -278,14 +277,14 @@ def bench_roofline(model_name: str, precision: str, prompt_len: int = 1000, rows
                         bandwidth, "tok/s", prompt_len))
     print(roofline_line(f"decode, {rows} rows after {prompt_len}", step_s,
                         2 * n * rows + attention_flops(cfg, rows, prompt_len + 28),
-                        weight_bytes + kv_bytes(cfg, prompt_len + rows * 28, element), rate, bandwidth, "tok/s",
+                        weight_bytes + kv_bytes(cfg, prompt_len + rows * 28, dtype.itemsize), rate, bandwidth, "tok/s",
                         rows))
     print(roofline_line(f"  its products alone", decode_products_s, 2 * n * rows, weight_bytes, rate, bandwidth,
                         "tok/s", rows))
     print(roofline_line(f"decode, {rows} held-out-shaped prompts", held_out_s,
                         2 * n * rows + attention_flops(cfg, rows, len(shared) + rest_tokens / rows + 28),
-                        weight_bytes + kv_bytes(cfg, len(shared) + rest_tokens + rows * 28, element), rate, bandwidth,
-                        "tok/s", rows))
+                        weight_bytes + kv_bytes(cfg, len(shared) + rest_tokens + rows * 28, dtype.itemsize), rate,
+                        bandwidth, "tok/s", rows))
     print(roofline_line(f"reference forward, {train_tokens} tokens", reference_s,
                         2 * n * train_tokens + attention_flops(cfg, train_tokens, train_tokens / 2), weight_bytes,
                         rate, bandwidth, "tok/s", train_tokens))
@@ -536,9 +535,10 @@ def phase_memory(cfg: dict, n_params: int, n_lora: int, prompt_len: int, prompts
     def layer_transient(tokens: int) -> float:
         return tokens * (3 * inter * 2 + 4 * h * 4)
     q, kv = cfg["num_attention_heads"] * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"]
-    bases = layers * (h * (q + 2 * kv) + q * h + 3 * h * inter)
+    qkv, gate_up = h * (q + 2 * kv), 2 * h * inter          # the weights the decoder concatenates, per layer
+    bases = layers * (qkv + q * h + gate_up + h * inter)
     weights = weight_bytes * n_params - (weight_bytes - 2) * bases * bf16_bases
-    prepared = 2 * (bases + vocab * h if reordered else layers * (h * (q + 2 * kv) + 2 * h * inter))
+    prepared = 2 * (bases + vocab * h if reordered else layers * (qkv + gate_up))
     rows = min(rollout_batch, prompts * group)
     prefill_tokens = (rows // group if shared_prefill else rows) * prompt_len
     seq = micro_batch * (prompt_len + new_tokens)
